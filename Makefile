@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/bemq demo
+
+test: install
+	bash tests/services.sh
+	$(VENV)/bin/pytest -q
+
+test-fast: install
+	$(VENV)/bin/pytest -q tests/unit
+
+bench: install
+	mkdir -p bench-results
+	$(PY) bench/pipeline.py --json bench-results/pipeline.json
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf var bench-results .pytest_cache

@@ -1,0 +1,1 @@
+"""Operational logic without Celery: settings, store, blobs, job lifecycle, statistics, metrics."""

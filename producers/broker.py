@@ -1,0 +1,35 @@
+"""Sending micro-batch messages. Producers only send; they never import the worker code, so the
+Celery app here is configured from the same `celeryconfig` but registers no tasks."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from celery import Celery
+
+from schemas.constants import QUEUE_GPU, TASK_RUN_MICRO_BATCH
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker refused or timed out; the work is safe in the store and reconcile resends it."""
+
+
+@functools.cache
+def producer_app() -> Celery:
+    app = Celery("bemq-producer")
+    app.config_from_object("celeryconfig")
+    return app
+
+
+def send_micro_batches(pairs: Sequence[tuple[str, int]]) -> None:
+    app = producer_app()
+    try:
+        with app.producer_or_acquire() as producer:
+            for job_id, seq in pairs:
+                app.send_task(TASK_RUN_MICRO_BATCH, args=[job_id, seq], queue=QUEUE_GPU,
+                              producer=producer, retry=True,
+                              retry_policy={"max_retries": 3, "interval_start": 0.2,
+                                            "interval_step": 0.5, "interval_max": 2})
+    except Exception as exc:  # kombu raises a variety of connection errors
+        raise BrokerUnavailable(f"broker {app.conf.broker_url!r} unreachable: {exc}") from exc

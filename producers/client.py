@@ -1,0 +1,218 @@
+"""The Python client: submit batch jobs, poll them, read their results, cancel them.
+
+The CLI and the HTTP gateway are thin layers over this class, so the three ways in behave alike.
+A job is validated completely before anything is enqueued; it is then stored whole (job and
+micro-batches in one transaction) before any message is sent, so a broker failure can delay a
+job but never leave it half-enqueued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ops.blobs import open_blobs
+from ops.keys import file_key, new_file_id, new_job_id
+from ops.lifecycle import finalize
+from ops.models import model_files
+from ops.settings import Settings, load_settings
+from ops.store import open_store
+from producers.broker import BrokerUnavailable, send_micro_batches
+from producers.packing import pack
+from producers.validate import validate_jsonl
+from schemas.batch import BatchErrors, FileObject, Job, JobStatus
+from schemas.constants import COMPLETION_WINDOWS, ENDPOINT_EMBEDDINGS
+from schemas.microbatch import MicroBatch, MicroBatchState
+
+log = logging.getLogger(__name__)
+
+ItemsLike = str | os.PathLike[str] | bytes | Iterable[str | dict[str, Any]]
+
+
+class NotFound(LookupError):
+    """No job or file with that id for this tenant."""
+
+
+class InvalidBatch(ValueError):
+    """The input failed validation; the job exists with status `failed` and its errors."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        errors = job.errors.data if job.errors else []
+        shown = "\n".join(f"  {e.message}" for e in errors[:10])
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        super().__init__(f"batch {job.id} failed validation:\n{shown}{more}")
+
+
+class NotFinished(RuntimeError):
+    """Results were asked for before the job ended."""
+
+
+class Client:
+    def __init__(self, cfg: Settings | None = None, *, tenant: str | None = None) -> None:
+        self.settings = cfg or load_settings()
+        self.tenant = tenant or self.settings.tenant
+        self.store = open_store(self.settings.store_url, pool_size=self.settings.db_pool_size,
+                                retry_seconds=self.settings.db_retry_seconds)
+        self.store.init()
+        self.blobs = open_blobs(self.settings.blobs_url,
+                                endpoint_url=self.settings.s3_endpoint_url)
+        self.model = model_files(self.settings.model_name, self.settings.model_dir)
+
+    @classmethod
+    def from_env(cls, tenant: str | None = None) -> Client:
+        return cls(load_settings(), tenant=tenant)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- files ---------------------------------------------------------------------------
+    def upload_file(self, data: bytes, filename: str, purpose: str = "batch") -> FileObject:
+        obj = FileObject(id=new_file_id(), bytes=len(data), created_at=int(time.time()),
+                         filename=filename, purpose=purpose, tenant=self.tenant)
+        self.blobs.put(file_key(obj.id), data)
+        self.store.add_file(obj, file_key(obj.id))
+        return obj
+
+    def file(self, file_id: str) -> FileObject:
+        found = self.store.get_file(file_id, self.tenant)
+        if found is None:
+            raise NotFound(f"no file {file_id!r}")
+        return found[0]
+
+    def file_content(self, file_id: str) -> bytes:
+        found = self.store.get_file(file_id, self.tenant)
+        if found is None:
+            raise NotFound(f"no file {file_id!r}")
+        return self.blobs.get(found[1])
+
+    # -- jobs ----------------------------------------------------------------------------
+    def submit_job(self, items: ItemsLike, *, model: str | None = None,
+                   metadata: dict[str, str] | None = None,
+                   completion_window: str = "24h") -> Job:
+        """Submit a JSONL path, raw JSONL bytes, or a list of texts / request dicts.
+
+        Raises `InvalidBatch` (carrying the failed job) when validation finds errors."""
+        data, filename = self._input_bytes(items, model or self.settings.model_name)
+        upload = self.upload_file(data, filename)
+        return self.create_batch(upload.id, metadata=metadata,
+                                 completion_window=completion_window)
+
+    def create_batch(self, input_file_id: str, *, endpoint: str = ENDPOINT_EMBEDDINGS,
+                     completion_window: str = "24h",
+                     metadata: dict[str, str] | None = None) -> Job:
+        if endpoint != ENDPOINT_EMBEDDINGS:
+            raise ValueError(f"endpoint: only {ENDPOINT_EMBEDDINGS} is served, got {endpoint!r}")
+        if completion_window not in COMPLETION_WINDOWS:
+            raise ValueError(f"completion_window: expected one of {sorted(COMPLETION_WINDOWS)}")
+        found = self.store.get_file(input_file_id, self.tenant)
+        if found is None:
+            raise NotFound(f"no file {input_file_id!r}")
+        now = int(time.time())
+        job = Job(id=new_job_id(), status=JobStatus.VALIDATING, created_at=now,
+                  input_file_id=input_file_id, completion_window=completion_window,
+                  expires_at=now + COMPLETION_WINDOWS[completion_window],
+                  metadata=metadata, tenant=self.tenant, model=self.settings.model_name)
+        self.store.create_job(job)
+
+        cfg = self.settings
+        check = validate_jsonl(self.blobs.get(found[1]), model=self.model,
+                               served=cfg.model_name, max_lines=cfg.max_lines,
+                               max_bytes=cfg.max_file_bytes)
+        if check.errors:
+            self.store.fail_job(job.id, BatchErrors(data=check.errors))
+            raise InvalidBatch(self.status(job.id))
+
+        groups = pack(check.items, cfg.max_batch_tokens, cfg.max_batch_size)
+        batches = [MicroBatch(job_id=job.id, seq=seq, state=MicroBatchState.QUEUED, items=g)
+                   for seq, g in enumerate(groups)]
+        self.store.start_job(job.id, batches, total=len(check.items))
+        try:
+            send_micro_batches([(job.id, mb.seq) for mb in batches])
+        except BrokerUnavailable as exc:
+            log.warning("%s; job %s is stored and will be re-sent by jobs.reconcile", exc, job.id)
+        return self.status(job.id)
+
+    def status(self, job_id: str) -> Job:
+        job = self.store.get_job(job_id, self.tenant)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def list(self, limit: int = 20, after: str | None = None) -> list[Job]:
+        return self.store.list_jobs(self.tenant, after=after, limit=limit)
+
+    def wait(self, job_id: str, *, timeout: float | None = None,
+             on_progress: Callable[[Job], None] | None = None) -> Job:
+        """Poll until the job ends; `on_progress` sees every polled state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.status(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job.status.terminal:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout}s")
+            time.sleep(self.settings.poll_interval)
+
+    def cancel(self, job_id: str) -> Job:
+        """Skip the micro-batches not yet started; running ones finish and are kept."""
+        job = self.status(job_id)
+        if not job.status.terminal:
+            self.store.cancel_job(job_id)
+            finalize(self.store, self.blobs, job_id)
+        return self.status(job_id)
+
+    def results(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """Output lines (one per completed item) as dicts."""
+        return self._lines(job_id, "output_file_id")
+
+    def errors(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """Error-file lines (one per failed item) as dicts."""
+        return self._lines(job_id, "error_file_id")
+
+    def padding_efficiency(self, job_id: str) -> float:
+        real, padded = self.store.padding(job_id)
+        return real / padded if padded else 1.0
+
+    def _lines(self, job_id: str, field: str) -> Iterator[dict[str, Any]]:
+        job = self.status(job_id)
+        if not job.status.terminal:
+            raise NotFinished(f"job {job_id} is {job.status.value}; results come when it ends")
+        file_id = getattr(job, field)
+        if file_id is None:
+            return iter(())
+        found = self.store.get_file(file_id, self.tenant)
+        if found is None:
+            raise NotFound(f"file {file_id!r} of job {job_id} is missing")
+        return (json.loads(line) for line in self.blobs.iter_lines(found[1]) if line)
+
+    @staticmethod
+    def _input_bytes(items: ItemsLike, model: str) -> tuple[bytes, str]:
+        if isinstance(items, bytes):
+            return items, "input.jsonl"
+        if isinstance(items, str | os.PathLike):
+            path = Path(items)
+            return path.read_bytes(), path.name
+        lines = []
+        for i, entry in enumerate(items):
+            if isinstance(entry, str):
+                entry = {"custom_id": f"item-{i}", "input": entry}
+            if "body" not in entry:
+                entry = {"custom_id": entry.get("custom_id", f"item-{i}"), "method": "POST",
+                         "url": ENDPOINT_EMBEDDINGS,
+                         "body": {"model": entry.get("model", model), "input": entry.get("input")}}
+            lines.append(json.dumps(entry))
+        return ("\n".join(lines) + "\n").encode(), "items.jsonl"

@@ -1,0 +1,130 @@
+"""Input validation, run before anything is enqueued: every problem becomes a `BatchError` that
+names the line (1-based) and the field, so a user can fix the file without guessing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from pydantic import ValidationError
+
+from ops.models import ModelFiles, UnknownModel, split_model_name
+from schemas.batch import BatchError, InputLine
+from schemas.microbatch import Item
+
+MAX_REPORTED_ERRORS = 100
+
+
+@dataclasses.dataclass
+class Validation:
+    items: list[Item]
+    errors: list[BatchError]
+    error_count: int = 0
+
+    def add(self, code: str, message: str, line: int | None = None,
+            param: str | None = None) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            where = f"line {line}: " if line is not None else ""
+            self.errors.append(
+                BatchError(code=code, message=where + message, line=line, param=param)
+            )
+
+
+def validate_jsonl(data: bytes, *, model: ModelFiles, served: str, max_lines: int,
+                   max_bytes: int, known_adapters: frozenset[str] | None = None) -> Validation:
+    """Parse and check an OpenAI-style batch file; items come back with token lengths.
+
+    `known_adapters=None` accepts any adapter name (checked later by the worker)."""
+    result = Validation(items=[], errors=[])
+    if len(data) > max_bytes:
+        result.add("file_too_large", f"input is {len(data)} bytes; the limit is {max_bytes}")
+        return result
+    lines = data.split(b"\n")
+    numbered = [(n, raw) for n, raw in enumerate(lines, start=1) if raw.strip()]
+    if not numbered:
+        result.add("empty_file", "input has no request lines")
+        return result
+    if len(numbered) > max_lines:
+        result.add("too_many_lines",
+                   f"input has {len(numbered)} lines; the limit is {max_lines}")
+        return result
+
+    seen: dict[str, int] = {}
+    parsed: list[tuple[int, InputLine, str | None]] = []
+    for n, raw in numbered:
+        line = _parse_line(result, n, raw)
+        if line is None:
+            continue
+        if line.custom_id in seen:
+            result.add("duplicate_custom_id",
+                       f"custom_id {line.custom_id!r} already used on line {seen[line.custom_id]}",
+                       n, "custom_id")
+            continue
+        seen[line.custom_id] = n
+        try:
+            _, adapter = split_model_name(line.body.model, served)
+        except UnknownModel as exc:
+            result.add("model_not_found", str(exc), n, "body.model")
+            continue
+        if adapter is not None and known_adapters is not None and adapter not in known_adapters:
+            result.add("model_not_found", f"unknown adapter {adapter!r} in body.model", n,
+                       "body.model")
+            continue
+        parsed.append((n, line, adapter))
+
+    _measure(result, parsed, model)
+    return result
+
+
+def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        result.add("invalid_utf8", f"not valid UTF-8 at byte {exc.start}", n)
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        result.add("invalid_json", f"malformed JSON: {exc.msg} at column {exc.colno}", n)
+        return None
+    except RecursionError:
+        result.add("invalid_json", "JSON nested too deeply", n)
+        return None
+    if not isinstance(obj, dict):
+        result.add("invalid_request", f"expected a JSON object, got {type(obj).__name__}", n)
+        return None
+    try:
+        return InputLine.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "line"
+        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        result.add("invalid_request", f"{field}: {err['msg']}{more}", n, field)
+        return None
+
+
+def _measure(result: Validation, parsed: list[tuple[int, InputLine, str | None]],
+             model: ModelFiles) -> None:
+    """Token lengths (special tokens included) for every text, in one tokenizer call."""
+    texts = [t for _, line, _ in parsed for t in line.body.texts]
+    encodings = model.tokenizer(truncate=False).encode_batch(texts, add_special_tokens=True)
+    limit = model.max_seq_length
+    pos = 0
+    for n, line, adapter in parsed:
+        count = len(line.body.texts)
+        lengths = [len(e.ids) for e in encodings[pos:pos + count]]
+        pos += count
+        too_long = [i for i, length in enumerate(lengths) if length > limit]
+        if too_long and not line.body.truncate:
+            i = too_long[0]
+            field = "body.input" if isinstance(line.body.input, str) else f"body.input.{i}"
+            result.add("context_length_exceeded",
+                       f"{field} has {lengths[i]} tokens; the model's limit is {limit} "
+                       "(set body.truncate to cut it)", n, field)
+            continue
+        result.items.append(Item(
+            line=n, custom_id=line.custom_id, texts=line.body.texts,
+            lengths=[min(length, limit) for length in lengths], truncate=line.body.truncate,
+            model=line.body.model, adapter=adapter,
+        ))

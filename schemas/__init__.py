@@ -1,0 +1,1 @@
+"""Contracts shared by every process: pydantic models, enums, constants and SQL DDL. No I/O."""

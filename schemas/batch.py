@@ -1,0 +1,159 @@
+"""The batch job contract, shaped as the OpenAI Batch API so existing clients and habits carry over.
+
+Input lines are OpenAI batch lines (`custom_id`, `method`, `url`, `body`); the job object mirrors
+the OpenAI Batch object; output and error lines mirror OpenAI's batch output lines.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.constants import ENDPOINT_EMBEDDINGS
+
+
+class JobStatus(enum.StrEnum):
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED}
+)
+
+# The timestamp column each status stamps when it is entered (OpenAI's `*_at` fields).
+STATUS_TIMESTAMP = {
+    JobStatus.IN_PROGRESS: "in_progress_at",
+    JobStatus.FINALIZING: "finalizing_at",
+    JobStatus.COMPLETED: "completed_at",
+    JobStatus.FAILED: "failed_at",
+    JobStatus.EXPIRED: "expired_at",
+    JobStatus.CANCELLING: "cancelling_at",
+    JobStatus.CANCELLED: "cancelled_at",
+}
+
+
+class EmbeddingBody(BaseModel):
+    """`body` of an embeddings request line; `truncate` is ours: cut over-long inputs instead of
+    failing them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    truncate: bool = False
+    encoding_format: Literal["float"] = "float"
+
+    @field_validator("input")
+    @classmethod
+    def _non_empty(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ValueError("must not be an empty list")
+        for text in texts:
+            if not text.strip():
+                raise ValueError("must not be empty or only whitespace")
+        return value
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class InputLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: str = Field(min_length=1, max_length=512)
+    method: Literal["POST"]
+    url: Literal["/v1/embeddings"]
+    body: EmbeddingBody
+
+
+class RequestCounts(BaseModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchError] = Field(default_factory=list)
+
+
+class Job(BaseModel):
+    """A batch job as the OpenAI Batch object, plus `tenant` and `model` for bemq's own use."""
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str = ENDPOINT_EMBEDDINGS
+    errors: BatchErrors | None = None
+    input_file_id: str | None = None
+    completion_window: str = "24h"
+    status: JobStatus
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    metadata: dict[str, str] | None = None
+    tenant: str = "default"
+    model: str | None = None
+    micro_batches: int = 0
+    dead_micro_batches: int = 0
+
+
+class ResponseBody(BaseModel):
+    status_code: int
+    request_id: str
+    body: dict[str, Any]
+
+
+class LineError(BaseModel):
+    code: str
+    message: str
+
+
+class OutputLine(BaseModel):
+    """One line of the output or error file: exactly one of `response` and `error` is set,
+    as in OpenAI batch output files."""
+
+    id: str
+    custom_id: str
+    response: ResponseBody | None = None
+    error: LineError | None = None
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    tenant: str = "default"

@@ -1,0 +1,19 @@
+"""Every queue name, task name and Redis key prefix in one place, so producers, workers and
+tests can never disagree about a spelling."""
+
+QUEUE_GPU = "gpu"
+QUEUE_ONLINE = "online"
+QUEUE_OPS = "ops"
+
+TASK_RUN_MICRO_BATCH = "bemq.run_micro_batch"
+TASK_RECONCILE = "bemq.jobs.reconcile"
+
+# Redis keys live under the configured prefix (setting BEMQ_REDIS_PREFIX, default "bemq:").
+# Celery's own keys get it through kombu's `global_keyprefix`; ours append these suffixes.
+KEY_BEAT = "beat:"
+
+ENDPOINT_EMBEDDINGS = "/v1/embeddings"
+COMPLETION_WINDOWS = {"24h": 24 * 3600}
+
+JOB_ID_PREFIX = "batch_"
+FILE_ID_PREFIX = "file-"

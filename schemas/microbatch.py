@@ -1,0 +1,59 @@
+"""Micro-batches: the unit of work on the broker. The store row is the truth; a broker message
+only names `(job_id, seq)`, so a lost or repeated message can never lose or double an item."""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import BaseModel
+
+
+class MicroBatchState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    SKIPPED = "skipped"  # job cancelled or expired before it ran
+    DEAD = "dead"  # failed more than the delivery limit; its items are in the error file
+
+    @property
+    def terminal(self) -> bool:
+        return self in (MicroBatchState.DONE, MicroBatchState.SKIPPED, MicroBatchState.DEAD)
+
+
+class Item(BaseModel):
+    """One input line after validation: its position in the input, its texts and their token
+    lengths (with special tokens), and the adapter it asks for (None = base model)."""
+
+    line: int
+    custom_id: str
+    texts: list[str]
+    lengths: list[int]
+    truncate: bool = False
+    model: str
+    adapter: str | None = None
+
+    @property
+    def max_length(self) -> int:
+        return max(self.lengths)
+
+
+class MicroBatch(BaseModel):
+    job_id: str
+    seq: int
+    state: MicroBatchState
+    items: list[Item]
+    deliveries: int = 0
+    lease_until: float | None = None
+    last_error: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(len(item.texts) for item in self.items)
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.rows * max(item.max_length for item in self.items)
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(sum(item.lengths) for item in self.items)

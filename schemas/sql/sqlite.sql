@@ -1,0 +1,72 @@
+-- bemq store, SQLite. Applied at start-up, idempotently (schema_version records migrations).
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    model TEXT,
+    endpoint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    input_file_id TEXT,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    completion_window TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    in_progress_at INTEGER,
+    expires_at INTEGER,
+    finalizing_at INTEGER,
+    completed_at INTEGER,
+    failed_at INTEGER,
+    expired_at INTEGER,
+    cancelling_at INTEGER,
+    cancelled_at INTEGER,
+    total INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    micro_batches INTEGER NOT NULL DEFAULT 0,
+    errors TEXT,
+    metadata TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+
+CREATE TABLE IF NOT EXISTS micro_batches (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    items TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    real_tokens INTEGER NOT NULL,
+    padded_tokens INTEGER NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL,
+    lease_until REAL,
+    worker TEXT,
+    n_ok INTEGER NOT NULL DEFAULT 0,
+    n_err INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE INDEX IF NOT EXISTS micro_batches_state ON micro_batches (state, lease_until);
+
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    blob_key TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    queues TEXT NOT NULL,
+    device TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);

@@ -1,0 +1,83 @@
+"""What a worker process loads once and keeps: settings, store, blobs, tokenizer and model.
+
+The model loads on first use, so ops workers (which never embed) never pay for it. CUDA when
+available (or forced by BEMQ_DEVICE), CPU otherwise; one process serves one device.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import socket
+import threading
+
+import torch
+
+from ops.blobs import Blobs, open_blobs
+from ops.models import ModelFiles, model_files
+from ops.settings import Settings, settings
+from ops.store import Store, open_store
+
+
+class Runtime:
+    def __init__(self, cfg: Settings) -> None:
+        self.settings = cfg
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.store: Store = open_store(
+            cfg.store_url, pool_size=cfg.db_pool_size, retry_seconds=cfg.db_retry_seconds
+        )
+        self.store.init()
+        self.blobs: Blobs = open_blobs(cfg.blobs_url, endpoint_url=cfg.s3_endpoint_url)
+        self.files: ModelFiles = model_files(cfg.model_name, cfg.model_dir)
+
+    @functools.cached_property
+    def device(self) -> torch.device:
+        wanted = self.settings.device
+        if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    @functools.cached_property
+    def tokenizer(self):  # type: ignore[no-untyped-def]
+        return self.files.tokenizer(truncate=True)
+
+    @functools.cached_property
+    def model(self) -> torch.nn.Module:
+        module_name, _, class_name = self.settings.model_class.partition(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        return cls.from_pretrained(self.files.root).to(self.device)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """Embed texts as one padded batch; (len(texts), dim) float32 on the CPU."""
+        encodings = self.tokenizer.encode_batch(texts)
+        width = max(len(e.ids) for e in encodings)
+        ids = torch.zeros((len(texts), width), dtype=torch.long)
+        mask = torch.zeros((len(texts), width), dtype=torch.long)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
+            mask[row, : len(enc.ids)] = 1
+        out = self.model(ids.to(self.device), mask.to(self.device))
+        return out.float().cpu()
+
+    def start_heartbeat(self, queues: str) -> threading.Event:
+        """Record this worker as alive every `heartbeat_seconds` until the event is set."""
+        stop = threading.Event()
+        device = str(self.device) if "gpu" in queues or "online" in queues else "cpu"
+
+        def beat() -> None:
+            while not stop.is_set():
+                try:
+                    self.store.heartbeat(self.name, os.getpid(), queues, device)
+                except Exception as exc:  # the store may be restarting; say so and keep going
+                    print(f"bemq worker heartbeat failed: {exc}", flush=True)
+                stop.wait(self.settings.heartbeat_seconds)
+
+        threading.Thread(target=beat, name="bemq-heartbeat", daemon=True).start()
+        return stop
+
+
+@functools.cache
+def runtime() -> Runtime:
+    return Runtime(settings())
