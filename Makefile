@@ -17,7 +17,6 @@ demo: install
 	$(VENV)/bin/bemq demo
 
 test: install
-	bash tests/services.sh
 	$(VENV)/bin/pytest -q
 
 test-fast: install

@@ -1,5 +1,5 @@
 """Sending micro-batch messages. Producers only send; they never import the worker code, so the
-Celery app here is configured from the same `celeryconfig` but registers no tasks."""
+Celery app here is configured from the same `celeryconfig.build` but registers no tasks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from celery import Celery
 
+from ops.settings import Settings
 from schemas.constants import QUEUE_GPU, TASK_RUN_MICRO_BATCH
 
 
@@ -16,14 +17,16 @@ class BrokerUnavailable(RuntimeError):
 
 
 @functools.cache
-def producer_app() -> Celery:
-    app = Celery("bemq-producer")
-    app.config_from_object("celeryconfig")
+def producer_app(cfg: Settings) -> Celery:
+    import celeryconfig
+
+    app = Celery("bemq-producer", set_as_current=False)
+    app.conf.update(celeryconfig.build(cfg))
     return app
 
 
-def send_micro_batches(pairs: Sequence[tuple[str, int]]) -> None:
-    app = producer_app()
+def send_micro_batches(cfg: Settings, pairs: Sequence[tuple[str, int]]) -> None:
+    app = producer_app(cfg)
     try:
         with app.producer_or_acquire() as producer:
             for job_id, seq in pairs:

@@ -139,7 +139,7 @@ class Client:
                    for seq, g in enumerate(groups)]
         self.store.start_job(job.id, batches, total=len(check.items))
         try:
-            send_micro_batches([(job.id, mb.seq) for mb in batches])
+            send_micro_batches(self.settings, [(job.id, mb.seq) for mb in batches])
         except BrokerUnavailable as exc:
             log.warning("%s; job %s is stored and will be re-sent by jobs.reconcile", exc, job.id)
         return self.status(job.id)

@@ -1,0 +1,159 @@
+"""One contract for both stores (SQLite and a fresh PostgreSQL database): the lifecycle rules
+that keep work from being lost or doubled."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ops.store import ClaimOutcome, Store, open_store
+from schemas.batch import BatchError, BatchErrors, FileObject, Job, JobStatus
+from schemas.microbatch import Item, MicroBatch, MicroBatchState
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/store.sqlite3"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    st = open_store(url, retry_seconds=5)
+    st.init()
+    st.init()  # idempotent
+    yield st
+    st.close()
+
+
+def new_job(store: Store, job_id: str = "batch_1", tenant: str = "t", created: int = 100,
+            batches: int = 2) -> Job:
+    job = Job(id=job_id, status=JobStatus.VALIDATING, created_at=created, tenant=tenant)
+    store.create_job(job)
+    mbs = [MicroBatch(job_id=job_id, seq=s, state=MicroBatchState.QUEUED, items=[
+        Item(line=s * 2 + k, custom_id=f"{job_id}-{s}-{k}", texts=["hi"], lengths=[3], model="m")
+        for k in range(2)]) for s in range(batches)]
+    if batches:
+        store.start_job(job_id, mbs, total=2 * batches)
+    return job
+
+
+def test_start_job_stores_micro_batches_and_moves_to_in_progress(store: Store) -> None:
+    """start_job stores every micro-batch and stamps in_progress with the total."""
+    new_job(store)
+    job = store.get_job("batch_1")
+    assert job is not None and job.status == JobStatus.IN_PROGRESS
+    assert job.request_counts.total == 4 and job.micro_batches == 2
+    assert job.in_progress_at is not None
+    assert store.micro_batch_summary("batch_1") == {"queued": 2}
+
+
+def test_claim_outcomes_and_single_completion(store: Store) -> None:
+    """A claim leases; a second claim while leased is BUSY; completion counts once only."""
+    new_job(store)
+    first = store.claim("batch_1", 0, "w1", lease_seconds=60, max_deliveries=3)
+    assert first.outcome == ClaimOutcome.RUN and first.micro_batch is not None
+    assert [i.custom_id for i in first.micro_batch.items] == ["batch_1-0-0", "batch_1-0-1"]
+    assert store.claim("batch_1", 0, "w2", 60, 3).outcome == ClaimOutcome.BUSY
+    assert store.complete("batch_1", 0, n_ok=2, n_err=0) is True
+    assert store.complete("batch_1", 0, n_ok=2, n_err=0) is False
+    assert store.claim("batch_1", 0, "w2", 60, 3).outcome == ClaimOutcome.DONE
+    counts = store.get_job("batch_1").request_counts  # type: ignore[union-attr]
+    assert (counts.completed, counts.failed) == (2, 0)
+    assert store.claim("batch_9", 0, "w", 60, 3).outcome == ClaimOutcome.DONE
+
+
+def test_expired_lease_is_reclaimed_and_counted_to_dead(store: Store) -> None:
+    """A lease that expires (worker died) can be claimed again; past the limit it is DEAD."""
+    new_job(store)
+    for delivery in (1, 2):
+        claim = store.claim("batch_1", 1, "w", lease_seconds=0.01, max_deliveries=2)
+        assert claim.outcome == ClaimOutcome.RUN and claim.micro_batch.deliveries == delivery
+        time.sleep(0.02)
+    assert ("batch_1", 1) in store.stale_micro_batches(requeue_after=3600)
+    assert store.claim("batch_1", 1, "w", 60, max_deliveries=2).outcome == ClaimOutcome.DEAD
+    assert store.complete("batch_1", 1, 0, 2, dead=True, error="limit") is True
+    assert store.get_job("batch_1").dead_micro_batches == 1  # type: ignore[union-attr]
+
+
+def test_release_requeues_and_stale_queued_are_found(store: Store) -> None:
+    """A released micro-batch is queued again; queued ones older than the bound are stale."""
+    new_job(store)
+    store.claim("batch_1", 0, "w", 60, 3)
+    store.release("batch_1", 0, "store blip")
+    assert store.micro_batch_summary("batch_1") == {"queued": 2}
+    assert store.stale_micro_batches(requeue_after=3600) == []
+    time.sleep(0.05)
+    assert sorted(store.stale_micro_batches(requeue_after=0.01)) == [("batch_1", 0), ("batch_1", 1)]
+    store.mark_enqueued([("batch_1", 0), ("batch_1", 1)])
+    assert store.stale_micro_batches(requeue_after=0.01) == []
+
+
+def test_cancel_skips_queued_and_running_finish(store: Store) -> None:
+    """Cancelling skips queued micro-batches; a later claim of them is SKIP."""
+    new_job(store)
+    store.claim("batch_1", 0, "w", 60, 3)
+    assert store.cancel_job("batch_1") is True
+    assert store.cancel_job("batch_1") is False
+    assert store.micro_batch_summary("batch_1") == {"running": 1, "skipped": 1}
+    assert store.claim("batch_1", 1, "w", 60, 3).outcome == ClaimOutcome.DONE
+    assert store.complete("batch_1", 0, 2, 0) is True
+    assert store.open_micro_batches("batch_1") == 0
+    assert store.finished_shards("batch_1") == [(0, 2, 0)]
+
+
+def test_expire_skips_queued_work(store: Store) -> None:
+    """Expiry stamps expired_at once and skips queued micro-batches."""
+    new_job(store)
+    assert store.expire("batch_1") is True
+    assert store.expire("batch_1") is False
+    assert store.get_job("batch_1").expired_at is not None  # type: ignore[union-attr]
+    assert store.micro_batch_summary("batch_1") == {"skipped": 2}
+
+
+def test_set_status_guards_and_stamps(store: Store) -> None:
+    """set_status moves only from the allowed statuses and stamps the status's timestamp."""
+    new_job(store)
+    assert store.set_status("batch_1", JobStatus.FINALIZING, only_from=(JobStatus.VALIDATING,)) \
+        is False
+    assert store.set_status("batch_1", JobStatus.FINALIZING,
+                            only_from=(JobStatus.IN_PROGRESS,)) is True
+    job = store.get_job("batch_1")
+    assert job.status == JobStatus.FINALIZING and job.finalizing_at is not None  # type: ignore[union-attr]
+
+
+def test_failed_job_keeps_its_errors(store: Store) -> None:
+    """fail_job stores line-numbered errors that come back on the job."""
+    new_job(store, batches=0)
+    store.fail_job("batch_1", BatchErrors(data=[BatchError(code="invalid_json", message="line 3",
+                                                           line=3)]))
+    job = store.get_job("batch_1")
+    assert job.status == JobStatus.FAILED and job.failed_at is not None  # type: ignore[union-attr]
+    assert job.errors.data[0].line == 3  # type: ignore[union-attr]
+
+
+def test_list_is_per_tenant_newest_first_with_cursor(store: Store) -> None:
+    """list_jobs pages newest first by cursor and never shows another tenant's jobs."""
+    for n in range(5):
+        new_job(store, f"batch_{n}", created=100 + n, batches=0)
+    new_job(store, "batch_other", tenant="u", created=500, batches=0)
+    page1 = store.list_jobs("t", limit=2)
+    assert [j.id for j in page1] == ["batch_4", "batch_3"]
+    page2 = store.list_jobs("t", after="batch_3", limit=10)
+    assert [j.id for j in page2] == ["batch_2", "batch_1", "batch_0"]
+    assert store.get_job("batch_other", tenant="t") is None
+
+
+def test_files_and_heartbeats(store: Store) -> None:
+    """Files are per tenant; worker heartbeats show live workers."""
+    store.add_file(FileObject(id="file-1", bytes=3, created_at=1, filename="a.jsonl",
+                              purpose="batch", tenant="t"), "files/file-1")
+    assert store.get_file("file-1", "t")[1] == "files/file-1"  # type: ignore[index]
+    assert store.get_file("file-1", "u") is None
+    store.delete_file("file-1")
+    assert store.get_file("file-1") is None
+    store.heartbeat("w1", 42, "gpu", "cpu")
+    assert [w["name"] for w in store.live_workers(10)] == ["w1"]
+    store.forget_worker("w1")
+    assert store.live_workers(10) == []

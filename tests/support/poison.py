@@ -1,0 +1,26 @@
+"""A model plugged in by import path (BEMQ_MODEL_CLASS) that raises on one word, so tests can
+put a poison item inside a real batch on a real worker."""
+
+from __future__ import annotations
+
+import torch
+
+from workers.encoder import BertEncoder
+
+POISON_WORD = "poison"
+
+
+class PoisonEncoder(BertEncoder):
+    poison_id: int = -1
+
+    @classmethod
+    def from_pretrained(cls, root):  # type: ignore[no-untyped-def,override]
+        model = super().from_pretrained(root)
+        vocab = (root / "vocab.txt").read_text(encoding="utf-8").split("\n")
+        model.poison_id = vocab.index(POISON_WORD)
+        return model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if (input_ids == self.poison_id).any():
+            raise RuntimeError("model cannot embed the poison word")
+        return super().forward(input_ids, attention_mask)

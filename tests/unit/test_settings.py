@@ -1,0 +1,33 @@
+"""Settings: one typed object, and a bad value names its variable."""
+
+import pytest
+
+from ops.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults_are_the_embedded_deployment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """With no BEMQ_* set, broker, store and blobs all live under BEMQ_HOME."""
+    monkeypatch.setenv("BEMQ_HOME", str(tmp_path))
+    s = load_settings()
+    assert s.broker_url == "filesystem://"
+    assert s.store_url == f"sqlite:///{tmp_path.resolve()}/bemq.sqlite3"
+    assert s.blobs_url == f"file://{tmp_path.resolve()}/blobs"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("BEMQ_MAX_BATCH_TOKENS", "lots"), ("BEMQ_BROKER_URL", "kafka://x"),
+     ("BEMQ_DATABASE_URL", "mysql://x"), ("BEMQ_BLOB_URL", "gs://b"), ("BEMQ_DEVICE", "tpu")],
+)
+def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str,
+                                      value: str) -> None:
+    """Each invalid value raises SettingsError whose message starts with the variable name."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=f"^{name}: "):
+        load_settings()
+
+
+def test_time_limits_must_be_ordered() -> None:
+    """The soft time limit has to fire before the hard one."""
+    with pytest.raises(ValueError, match="BEMQ_TASK_SOFT_TIME_LIMIT"):
+        Settings(task_soft_time_limit=900, task_time_limit=600)
