@@ -6,6 +6,7 @@ Errors print one readable line and exit non-zero; `--debug` shows the traceback 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -113,6 +114,7 @@ def wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
 def _wait(client: Client, job_id: str, timeout: float | None) -> None:
     from producers.progress import wait_with_progress
 
+    client.status(job_id)  # an unknown id fails before any progress bar is drawn
     job = wait_with_progress(client, job_id, timeout)
     counts = job.request_counts
     click.echo(f"{job.id} {job.status.value}: {counts.completed} completed, "
@@ -175,6 +177,9 @@ def demo(items: int, home: str) -> None:
 
 
 def main() -> None:
+    # Connection-pool retries log each failed attempt; the CLI reports the outcome once.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     cli(prog_name="bemq")
 
 

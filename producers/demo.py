@@ -7,7 +7,6 @@ goes through it, with a progress bar while polling and a summary table at the en
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -65,7 +64,7 @@ def _summary(job, wall: float, padding: float, first: dict | None) -> Table:  # 
     if first is not None:
         vec = first["response"]["body"]["data"][0]["embedding"]
         head = ", ".join(f"{v:.4f}" for v in vec[:4])
-        preview = json.dumps({"custom_id": first["custom_id"]}) + f" embedding[{len(vec)}] = [{head}, ...]"
+        preview = f"{first['custom_id']}: embedding[{len(vec)}] = [{head}, ...]"
     for key, value in [
         ("job", job.id), ("status", job.status.value), ("items", str(counts.total)),
         ("completed", str(counts.completed)), ("failed", str(counts.failed)),

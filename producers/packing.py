@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from schemas.microbatch import Item
 
-
 MIN_EFFICIENCY = 0.92
 
 

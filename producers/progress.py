@@ -3,6 +3,8 @@ tables for jobs."""
 
 from __future__ import annotations
 
+import datetime
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -50,7 +52,7 @@ def job_table(job: Job) -> Table:
                   "expired_at", "cancelling_at", "cancelled_at"):
         value = getattr(job, field)
         if value is not None:
-            rows.append((field, str(value)))
+            rows.append((field, _when(value)))
     if job.errors and job.errors.data:
         rows += [("error", e.message) for e in job.errors.data[:20]]
     for key, value in rows:
@@ -59,9 +61,16 @@ def job_table(job: Job) -> Table:
 
 
 def jobs_table(jobs: list[Job]) -> Table:
-    table = Table("id", "status", "completed", "failed", "total", "created_at")
+    table = Table("status", "completed", "failed", "total", "created (UTC)")
+    table.add_column("id", no_wrap=True, min_width=38)
     for job in jobs:
         c = job.request_counts
-        table.add_row(job.id, job.status.value, str(c.completed), str(c.failed), str(c.total),
-                      str(job.created_at))
+        table.add_row(job.status.value, str(c.completed), str(c.failed), str(c.total),
+                      _when(job.created_at), job.id)
     return table
+
+
+def _when(ts: int | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -130,7 +130,9 @@ class Store(abc.ABC):
         params: list[Any] = [tenant]
         if after is not None:
             with self.tx() as cur:
-                anchor = cur.execute("SELECT created_at FROM jobs WHERE id = ?", (after,)).fetchone()
+                anchor = cur.execute(
+                    "SELECT created_at FROM jobs WHERE id = ?", (after,)
+                ).fetchone()
             if anchor is None:
                 return []
             sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"

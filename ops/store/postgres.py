@@ -49,7 +49,8 @@ class PostgresStore(Store):
         self.url = url
         self.retry_seconds = retry_seconds
         self.pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, open=False, timeout=5.0,
+            url, min_size=1, max_size=pool_size, open=False,
+            timeout=min(5.0, max(retry_seconds, 0.5)),
             kwargs={"connect_timeout": 5}, check=ConnectionPool.check_connection,
         )
         self.pool.open(wait=False)

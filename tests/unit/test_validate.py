@@ -99,6 +99,6 @@ def test_adapter_names_are_checked_when_known() -> None:
 
 
 def test_blank_lines_are_ignored_and_numbering_kept() -> None:
-    """Blank lines (e.g. a trailing newline) are skipped, but line numbers stay those of the file."""
+    """Blank lines (a trailing newline) are skipped; line numbers stay those of the file."""
     result = check(jsonl(line("a"), b"", line("b", 7)))
     assert result.errors[0].line == 3

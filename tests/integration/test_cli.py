@@ -1,0 +1,109 @@
+"""The `bemq` CLI as a user runs it: real subprocesses against a real worker (embedded)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from producers.client import Client
+from tests.conftest import embedded_env
+from tests.support.deploy import request_lines, settings_for, start_worker
+
+pytestmark = pytest.mark.timeout(300)
+BEMQ = [sys.executable, "-m", "producers.cli"]
+
+
+def bemq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BEMQ, *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_submit_wait_status_results_jobs(tmp_path: Path) -> None:
+    """submit --wait shows progress and completes; status, results -o and jobs show the job."""
+    env = embedded_env(tmp_path / "var")
+    with Client(settings_for(env)) as client:
+        worker = start_worker(env, client, tmp_path / "worker.log")
+        try:
+            rows = request_lines([f"sentence number {i}" for i in range(30)])
+            done = bemq(env, "submit", str(write_jsonl(tmp_path / "in.jsonl", rows)), "--wait",
+                        "-m", "team=search")
+            assert done.returncode == 0, done.stderr
+            job_id = done.stdout.split()[0]
+            assert f"{job_id} completed: 30 completed, 0 failed of 30" in done.stdout
+            assert "30/30" in done.stderr  # the progress bar
+            status = bemq(env, "status", job_id, "--json")
+            obj = json.loads(status.stdout)
+            assert obj["status"] == "completed" and obj["metadata"] == {"team": "search"}
+            out = tmp_path / "out.jsonl"
+            assert bemq(env, "results", job_id, "-o", str(out)).returncode == 0
+            ids = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
+            assert sorted(ids) == sorted(f"r-{i}" for i in range(30))
+            assert job_id in bemq(env, "jobs").stdout
+            assert bemq(env, "wait", job_id).returncode == 0
+        finally:
+            worker.stop()
+
+
+def test_bad_input_fails_with_line_and_field_and_enqueues_nothing(tmp_path: Path) -> None:
+    """A file with bad lines exits 1 naming each line and field; the job is failed, no
+    micro-batch is stored and no message reaches the broker."""
+    env = embedded_env(tmp_path / "var")
+    rows = request_lines(["fine", "also fine"])
+    rows.append('{"custom_id": "x", "method": "POST"')
+    bad = dict(request_lines(["z"])[0], custom_id="r-0")
+    rows.append(bad)
+    result = bemq(env, "submit", str(write_jsonl(tmp_path / "bad.jsonl", rows)))
+    assert result.returncode == 1
+    assert "line 3: malformed JSON" in result.stderr
+    assert "line 4: custom_id 'r-0' already used on line 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    job_id = result.stderr.split("batch ")[1].split()[0]
+    with Client(settings_for(env)) as client:
+        job = client.status(job_id)
+        assert job.status.value == "failed" and len(job.errors.data) == 2  # type: ignore[union-attr]
+        assert client.store.micro_batch_summary(job_id) == {}
+    queue = tmp_path / "var" / "broker" / "queue"
+    assert not queue.exists() or list(queue.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("status", "batch_nope"), ("wait", "batch_nope"), ("results", "batch_nope"),
+     ("cancel", "batch_nope")],
+)
+def test_unknown_job_is_one_readable_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Every job command given an unknown id exits 1 with a single line and no traceback."""
+    result = bemq(embedded_env(tmp_path / "var"), *args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: NotFound: no job 'batch_nope'"
+
+
+def test_bad_setting_is_one_readable_line(tmp_path: Path) -> None:
+    """A bad BEMQ_* value stops the CLI with the variable's name; --debug shows the traceback."""
+    env = embedded_env(tmp_path / "var") | {"BEMQ_DATABASE_URL": "mysql://nope"}
+    result = bemq(env, "jobs")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: SettingsError: BEMQ_DATABASE_URL:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" in bemq(env, "--debug", "jobs").stderr
+
+
+def test_unreachable_store_is_one_readable_line(tmp_path: Path) -> None:
+    """An unreachable PostgreSQL gives one line after the bounded retry, not a hang."""
+    from tests.support.services import free_port
+
+    env = embedded_env(tmp_path / "var") | {
+        "BEMQ_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+        "BEMQ_DB_RETRY_SECONDS": "1",
+    }
+    result = bemq(env, "status", "batch_x")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: StoreUnavailable: PostgreSQL unreachable")
