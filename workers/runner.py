@@ -7,11 +7,11 @@ alone, so it alone lands in the error file and every other item completes.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
+import orjson
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -72,44 +72,44 @@ def embed_items(embed: Embed, items: Sequence[Item]) -> list[Result]:
 
 
 def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result], *, dead: bool) -> bool:
-    ok_lines: list[str] = []
-    err_lines: list[str] = []
+    ok_lines: list[bytes] = []
+    err_lines: list[bytes] = []
     for item, value in results:
         rid = request_id(mb.job_id, item.custom_id)
         if isinstance(value, str):
             code = "micro_batch_dead" if dead else "inference_error"
-            err_lines.append(json.dumps({
-                "id": rid, "custom_id": item.custom_id, "response": None,
-                "error": {"code": code, "message": value},
-            }))
+            err_lines.append(_error_line(rid, item, code, value))
         elif not torch.isfinite(value).all():
-            err_lines.append(json.dumps({
-                "id": rid, "custom_id": item.custom_id, "response": None,
-                "error": {"code": "invalid_output", "message": "embedding is not finite"},
-            }))
+            err_lines.append(_error_line(rid, item, "invalid_output", "embedding is not finite"))
         else:
             ok_lines.append(_output_line(rid, item, value))
     if ok_lines:
-        rt.blobs.put(shard_key(mb.job_id, mb.seq, "out"), ("\n".join(ok_lines) + "\n").encode())
+        rt.blobs.put(shard_key(mb.job_id, mb.seq, "out"), b"\n".join(ok_lines) + b"\n")
     if err_lines:
-        rt.blobs.put(shard_key(mb.job_id, mb.seq, "err"), ("\n".join(err_lines) + "\n").encode())
+        rt.blobs.put(shard_key(mb.job_id, mb.seq, "err"), b"\n".join(err_lines) + b"\n")
     error = "; ".join(str(v) for _, v in results if isinstance(v, str))[:2000] or None
     return rt.store.complete(mb.job_id, mb.seq, len(ok_lines), len(err_lines), dead=dead,
                              error=error)
 
 
-def _output_line(rid: str, item: Item, vectors: torch.Tensor) -> str:
+def _error_line(rid: str, item: Item, code: str, message: str) -> bytes:
+    return orjson.dumps({"id": rid, "custom_id": item.custom_id, "response": None,
+                         "error": {"code": code, "message": message}})
+
+
+def _output_line(rid: str, item: Item, vectors: torch.Tensor) -> bytes:
+    """OpenAI's embeddings response; float32 values in their shortest exact decimal form."""
     tokens = sum(item.lengths)
     data = [{"object": "embedding", "index": i, "embedding": v}
-            for i, v in enumerate(vectors.tolist())]
-    return json.dumps({
+            for i, v in enumerate(vectors.numpy())]
+    return orjson.dumps({
         "id": rid, "custom_id": item.custom_id,
         "response": {"status_code": 200, "request_id": rid, "body": {
             "object": "list", "data": data, "model": item.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }},
         "error": None,
-    })
+    }, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 @contextlib.contextmanager
