@@ -29,19 +29,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from rich.console import Console
+from rich.table import Table
 
-from ops.models import model_files  # noqa: E402
-from ops.settings import Settings  # noqa: E402
-from producers.client import Client  # noqa: E402
-from producers.corpus import sentences, to_jsonl  # noqa: E402
-from producers.local_worker import LocalWorker  # noqa: E402
-from producers.packing import pack, pack_fifo, padding_efficiency  # noqa: E402
-from producers.validate import validate_jsonl  # noqa: E402
-from schemas.microbatch import Item  # noqa: E402
-from tests.support import services  # noqa: E402
-from workers.runtime import Runtime  # noqa: E402
+from ops.models import model_files
+from ops.settings import Settings
+from producers.client import Client
+from producers.corpus import sentences, to_jsonl
+from producers.local_worker import LocalWorker
+from producers.packing import pack, pack_fifo, padding_efficiency
+from producers.validate import validate_jsonl
+from schemas.microbatch import Item
+from tests.support import services
+from workers.runtime import Runtime
 
 console = Console(stderr=True)
 
