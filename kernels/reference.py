@@ -88,7 +88,7 @@ def route_chunks(
         decide_from = torch.cat([torch.zeros_like(means[:, :1]), means[:, :-1]], 1)
         evidence = torch.cat([torch.zeros_like(has_tokens[:, :1]), has_tokens[:, :-1]], 1)
 
-    chunk_gates = torch.full((S, n_chunks, E), 1.0 / E)
+    chunk_gates = torch.full((S, n_chunks, E), 1.0 / E, device=logits.device)
     if top_k > 1:
         k = min(top_k, E)
         top = decide_from.topk(k, dim=-1)
@@ -98,7 +98,7 @@ def route_chunks(
             chunk_gates = _carry_forward(chunk_gates, evidence)
     else:
         # Sequential over chunks (hysteresis needs the previous choice), vectorised over S.
-        prev = torch.full((S,), -1, dtype=torch.long)
+        prev = torch.full((S,), -1, dtype=torch.long, device=logits.device)
         for c in range(n_chunks):
             scores = decide_from[:, c]
             best = scores.argmax(-1)

@@ -31,6 +31,20 @@ class ModelFiles:
             return int(json.loads(cfg.read_text())["max_seq_length"])
         return int(json.loads((self.root / "config.json").read_text())["max_position_embeddings"])
 
+    @functools.cached_property
+    def config(self) -> dict:
+        return json.loads((self.root / "config.json").read_text())
+
+    def adapter_sites(self) -> dict[str, tuple[int, int]]:
+        """Every BEM attach site as "layers.{n}.{site}" → (d_in, d_out): the attention output
+        projection (W_O) and the FFN down projection (W_down) of every layer."""
+        hidden, inner = self.config["hidden_size"], self.config["intermediate_size"]
+        sites = {}
+        for n in range(self.config["num_hidden_layers"]):
+            sites[f"layers.{n}.attn_out"] = (hidden, hidden)
+            sites[f"layers.{n}.ffn_down"] = (inner, hidden)
+        return sites
+
     def tokenizer(self, *, truncate: bool) -> Tokenizer:
         """A fresh tokenizer without padding; with `truncate`, cut to `max_seq_length`."""
         tok = Tokenizer.from_file(str(self.root / "tokenizer.json"))

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(256, ge=1)
     max_lines: int = Field(50_000, ge=1)
     max_file_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    adapter_cache_bytes: int = Field(2 * 1024**3, ge=0)
 
     # Delivery: the store keeps a lease and a delivery count per micro-batch.
     lease_seconds: float = Field(300.0, gt=0)

@@ -166,6 +166,39 @@ def jobs(ctx: click.Context, limit: int, after: str | None) -> None:
         Console().print(jobs_table(client.list(limit=limit, after=after)))
 
 
+@cli.group()
+def adapters() -> None:
+    """Register and list BEM adapters."""
+
+
+@adapters.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def adapters_add(ctx: click.Context, name: str, path: str) -> None:
+    """Validate an adapter file and store it as version NAME (use model "MODEL:NAME")."""
+    with _client(ctx) as client:
+        record = client.add_adapter(name, path)
+    click.echo(f"{record.model}:{record.name} sha256={record.sha256[:16]} "
+               f"E={record.experts} r={record.rank} {record.bytes} bytes")
+
+
+@adapters.command("list")
+@click.pass_context
+def adapters_list(ctx: click.Context) -> None:
+    """List registered adapters."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "experts", "rank", "bytes", "sha256")
+    table.add_column("name", no_wrap=True)
+    with _client(ctx) as client:
+        for a in client.adapters():
+            table.add_row(a.model, str(a.experts), str(a.rank), str(a.bytes), a.sha256[:16],
+                          a.name)
+    Console().print(table)
+
+
 @cli.command()
 @click.option("--items", default=2400, show_default=True, help="sentences to embed")
 @click.option("--home", default="var/demo", show_default=True, help="embedded state directory")

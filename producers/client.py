@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ops import adapters
 from ops.blobs import open_blobs
 from ops.keys import file_key, new_file_id, new_job_id
 from ops.lifecycle import finalize
@@ -25,6 +26,7 @@ from ops.store import open_store
 from producers.broker import BrokerUnavailable, send_micro_batches
 from producers.packing import pack
 from producers.validate import validate_jsonl
+from schemas.adapters import AdapterRecord
 from schemas.batch import BatchErrors, FileObject, Job, JobStatus
 from schemas.constants import COMPLETION_WINDOWS, ENDPOINT_EMBEDDINGS
 from schemas.microbatch import MicroBatch, MicroBatchState
@@ -97,6 +99,15 @@ class Client:
             raise NotFound(f"no file {file_id!r}")
         return self.blobs.get(found[1])
 
+    # -- adapters ------------------------------------------------------------------------
+    def add_adapter(self, name: str, path: str | os.PathLike[str]) -> AdapterRecord:
+        """Register an adapter file under a version name (`body.model` = "minilm:NAME")."""
+        return adapters.add(self.store, self.blobs, name, Path(path), self.model,
+                            self.settings.model_name)
+
+    def adapters(self) -> list[AdapterRecord]:
+        return self.store.list_adapters()
+
     # -- jobs ----------------------------------------------------------------------------
     def submit_job(self, items: ItemsLike, *, model: str | None = None,
                    metadata: dict[str, str] | None = None,
@@ -129,7 +140,8 @@ class Client:
         cfg = self.settings
         check = validate_jsonl(self.blobs.get(found[1]), model=self.model,
                                served=cfg.model_name, max_lines=cfg.max_lines,
-                               max_bytes=cfg.max_file_bytes)
+                               max_bytes=cfg.max_file_bytes,
+                               known_adapters=frozenset(a.name for a in self.adapters()))
         if check.errors:
             self.store.fail_job(job.id, BatchErrors(data=check.errors))
             raise InvalidBatch(self.status(job.id))

@@ -1,8 +1,8 @@
 """all-MiniLM-L6-v2 as our own torch BERT encoder, loaded from safetensors.
 
 Output is what sentence-transformers gives with `normalize_embeddings=True`: mean pooling over
-real tokens, then L2 normalisation. `attn_out` (W_O) and `ffn_down` (W_down) are the adapter
-attach sites.
+real tokens, then L2 normalisation. `attn_out` (W_O) and `ffn_down` (W_down) of every layer are
+`BEMLinear` sites: with no adapter in a batch they are the plain base projections.
 """
 
 from __future__ import annotations
@@ -15,25 +15,30 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from kernels.layer import BEMContext, BEMLinear, SiteAdapter
+
+SITES = ("attn_out", "ffn_down")
+
 
 class EncoderLayer(nn.Module):
     def __init__(self, hidden: int, heads: int, intermediate: int, eps: float) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.attn_out = nn.Linear(hidden, hidden)
+        self.attn_out = BEMLinear(nn.Linear(hidden, hidden))
         self.attn_norm = nn.LayerNorm(hidden, eps=eps)
         self.ffn_up = nn.Linear(hidden, intermediate)
-        self.ffn_down = nn.Linear(intermediate, hidden)
+        self.ffn_down = BEMLinear(nn.Linear(intermediate, hidden))
         self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                bem: BEMContext | None = None) -> torch.Tensor:
         b, t, h = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         ctx = ctx.transpose(1, 2).reshape(b, t, h)
-        x = self.attn_norm(x + self.attn_out(ctx))
-        return self.ffn_norm(x + self.ffn_down(F.gelu(self.ffn_up(x))))
+        x = self.attn_norm(x + self.attn_out(ctx, bem))
+        return self.ffn_norm(x + self.ffn_down(F.gelu(self.ffn_up(x)), bem))
 
 
 class BertEncoder(nn.Module):
@@ -64,8 +69,18 @@ class BertEncoder(nn.Module):
         model.load_state_dict(_convert(load_file(str(root / "model.safetensors")), config))
         return model.eval()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(batch, tokens) ids and 0/1 mask → (batch, hidden) unit-norm sentence embeddings."""
+    def set_adapters(self, adapters: list[dict[str, SiteAdapter]]) -> None:
+        """Install an adapter stack: `adapters[i]` maps "layers.{n}.{site}" to its weights and
+        becomes slot i of `forward`'s `adapter_slots`."""
+        for n, layer in enumerate(self.layers):
+            for site in SITES:
+                getattr(layer, site).set_adapters([a[f"layers.{n}.{site}"] for a in adapters])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                adapter_slots: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, tokens) ids and 0/1 mask → (batch, hidden) unit-norm sentence embeddings.
+
+        adapter_slots (batch,): each sequence's slot in the installed stack, -1 = base model."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word(input_ids) + self.position(positions) + self.token_type.weight[0]
         x = self.embed_norm(x)
@@ -73,8 +88,9 @@ class BertEncoder(nn.Module):
         # Additive mask: padded keys get -inf-like scores; shape (batch, 1, 1, tokens).
         mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
         mask = mask.masked_fill(~keep, torch.finfo(x.dtype).min)[:, None, None, :]
+        bem = None if adapter_slots is None else BEMContext(adapter_slots, keep)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, bem)
         weights = keep.unsqueeze(-1).to(x.dtype)
         pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return F.normalize(pooled, p=2, dim=1)
@@ -90,8 +106,8 @@ def _convert(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Te
         "embed_norm.bias": state["embeddings.LayerNorm.bias"],
     }
     names = {
-        "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
-        "ffn_up": "intermediate.dense", "ffn_down": "output.dense",
+        "attn_out.base": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+        "ffn_up": "intermediate.dense", "ffn_down.base": "output.dense",
         "ffn_norm": "output.LayerNorm",
     }
     for i in range(config["num_hidden_layers"]):

@@ -15,15 +15,16 @@ import orjson
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
+from ops.blobs import BlobsUnavailable
 from ops.keys import request_id, shard_key
 from ops.lifecycle import finalize
-from ops.store import ClaimOutcome
+from ops.store import ClaimOutcome, StoreUnavailable
 from schemas.microbatch import Item, MicroBatch
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-Embed = Callable[[list[str]], torch.Tensor]
+Embed = Callable[[list[str], list[str | None]], torch.Tensor]
 Result = tuple[Item, torch.Tensor | str]
 
 
@@ -54,9 +55,10 @@ def run(rt: Runtime, job_id: str, seq: int) -> str:
 def embed_items(embed: Embed, items: Sequence[Item]) -> list[Result]:
     """Embed all items' texts in one call; on a model error, bisect to isolate the culprit."""
     try:
-        vectors = embed([t for item in items for t in item.texts])
-    except SoftTimeLimitExceeded:
-        raise
+        vectors = embed([t for item in items for t in item.texts],
+                        [item.adapter for item in items for _ in item.texts])
+    except (SoftTimeLimitExceeded, StoreUnavailable, BlobsUnavailable):
+        raise  # not the items' fault: the whole micro-batch is retried
     except Exception as exc:
         if len(items) == 1:
             log.warning("item %s failed: %r", items[0].custom_id, exc)

@@ -18,6 +18,7 @@ from ops.blobs import Blobs, open_blobs
 from ops.models import ModelFiles, model_files
 from ops.settings import Settings, settings
 from ops.store import Store, open_store
+from workers.adapters import AdapterCache
 
 
 class Runtime:
@@ -30,6 +31,7 @@ class Runtime:
         self.store.init()
         self.blobs: Blobs = open_blobs(cfg.blobs_url, endpoint_url=cfg.s3_endpoint_url)
         self.files: ModelFiles = model_files(cfg.model_name, cfg.model_dir)
+        self._installed: list[str] = []
 
     @functools.cached_property
     def device(self) -> torch.device:
@@ -48,9 +50,30 @@ class Runtime:
         cls = getattr(importlib.import_module(module_name), class_name)
         return cls.from_pretrained(self.files.root).to(self.device)
 
+    @functools.cached_property
+    def adapters(self) -> AdapterCache:
+        dtype = next(self.model.parameters()).dtype
+        return AdapterCache(self.store, self.blobs, self.device, dtype,
+                            self.settings.adapter_cache_bytes)
+
+    def _slots(self, adapters: list[str | None]) -> torch.Tensor:
+        """Install the batch's adapters as the model's stack (reused while the set is the
+        same) and return each row's slot, -1 for base-model rows."""
+        names = sorted({a for a in adapters if a is not None})
+        if names != self._installed:
+            self.model.set_adapters([self.adapters.get(n) for n in names])
+            self._installed = names
+        index = {n: i for i, n in enumerate(names)}
+        return torch.tensor([-1 if a is None else index[a] for a in adapters],
+                            device=self.device)
+
     @torch.inference_mode()
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        """Embed texts as one padded batch; (len(texts), dim) float32 on the CPU."""
+    def embed(self, texts: list[str], adapters: list[str | None] | None = None) -> torch.Tensor:
+        """Embed texts as one padded batch, each row through its adapter (None = base);
+        (len(texts), dim) float32 on the CPU."""
+        slots = None
+        if adapters is not None and any(a is not None for a in adapters):
+            slots = self._slots(adapters)
         encodings = self.tokenizer.encode_batch(texts)
         width = max(len(e.ids) for e in encodings)
         ids = torch.zeros((len(texts), width), dtype=torch.long)
@@ -58,7 +81,7 @@ class Runtime:
         for row, enc in enumerate(encodings):
             ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
             mask[row, : len(enc.ids)] = 1
-        out = self.model(ids.to(self.device), mask.to(self.device))
+        out = self.model(ids.to(self.device), mask.to(self.device), slots)
         return out.float().cpu()
 
     def start_heartbeat(self, queues: str) -> threading.Event:

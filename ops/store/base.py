@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 from ops.store.rows import FILE_COLUMNS, JOB_COLUMNS, file_from_row, job_from_row
+from schemas.adapters import AdapterRecord
 from schemas.batch import STATUS_TIMESTAMP, BatchErrors, FileObject, Job, JobStatus
 from schemas.microbatch import Item, MicroBatch, MicroBatchState
 
@@ -394,6 +395,30 @@ class Store(abc.ABC):
     def delete_file(self, file_id: str) -> None:
         with self.tx() as cur:
             cur.execute("DELETE FROM files WHERE id = ?", (file_id,))
+
+    # -- adapters ------------------------------------------------------------------------
+    def add_adapter(self, record: AdapterRecord) -> None:
+        fields = list(AdapterRecord.model_fields)
+        with self.tx() as cur:
+            cur.execute(
+                f"INSERT INTO adapters ({', '.join(fields)}) "
+                f"VALUES ({', '.join('?' for _ in fields)})",
+                [getattr(record, f) for f in fields],
+            )
+
+    def get_adapter(self, name: str) -> AdapterRecord | None:
+        found = self.list_adapters(name)
+        return found[0] if found else None
+
+    def list_adapters(self, name: str | None = None) -> list[AdapterRecord]:
+        fields = list(AdapterRecord.model_fields)
+        sql = f"SELECT {', '.join(fields)} FROM adapters"
+        with self.tx() as cur:
+            if name is None:
+                rows = cur.execute(sql + " ORDER BY name").fetchall()
+            else:
+                rows = cur.execute(sql + " WHERE name = ?", (name,)).fetchall()
+        return [AdapterRecord(**dict(zip(fields, r, strict=True))) for r in rows]
 
     # -- workers -------------------------------------------------------------------------
     def heartbeat(self, name: str, pid: int, queues: str, device: str) -> None:

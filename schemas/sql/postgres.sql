@@ -70,3 +70,14 @@ CREATE TABLE IF NOT EXISTS workers (
     started_at DOUBLE PRECISION NOT NULL,
     last_seen DOUBLE PRECISION NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS adapters (
+    name TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    blob_key TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    bytes BIGINT NOT NULL,
+    experts INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    created_at BIGINT NOT NULL
+);

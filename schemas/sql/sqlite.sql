@@ -70,3 +70,14 @@ CREATE TABLE IF NOT EXISTS workers (
     started_at REAL NOT NULL,
     last_seen REAL NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS adapters (
+    name TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    blob_key TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    experts INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);

@@ -12,7 +12,7 @@ def test_poison_item_alone_fails() -> None:
     """Only the item whose text makes the model raise is reported; the rest get vectors."""
     calls: list[int] = []
 
-    def embed(texts: list[str]) -> torch.Tensor:
+    def embed(texts: list[str], adapters: list[str | None]) -> torch.Tensor:
         calls.append(len(texts))
         if "poison" in texts:
             raise ValueError("cannot embed poison")

@@ -1,0 +1,157 @@
+"""`BEMLinear`: a frozen base `nn.Linear` plus a stack of BEM adapters and their routers.
+
+One forward serves a batch whose sequences use different adapters (or none): each sequence
+names a slot in the stack (-1 = base only); routing runs per slot with that adapter's own
+settings, and one `bem_linear` call computes every row.
+
+Adapters may differ in experts E and rank r: the stack is padded to the largest E·r with zero
+components (zero A rows, zero B columns, zero gates), which contribute nothing. Each adapter's
+scale α/r is folded into its B when the stack is built, so the kernel runs with scale 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from kernels import dispatch
+
+
+@dataclasses.dataclass(frozen=True)
+class Routing:
+    chunk: int = 32
+    tau: float = 0.0
+    causal: bool = False
+    top_k: int = 1
+
+
+@dataclasses.dataclass
+class SiteAdapter:
+    """One adapter's weights at one linear site.
+
+    A (E·r, d_in); B (d_out, E·r); router (E, d_in); film_gamma, film_beta (d_out,) or None."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    router: torch.Tensor
+    experts: int
+    rank: int
+    scale: float
+    routing: Routing = Routing()
+    film_gamma: torch.Tensor | None = None
+    film_beta: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class BEMContext:
+    """Per-forward inputs every BEM site shares.
+
+    seq_slots (S,) long: each sequence's adapter slot, -1 = base only; mask (S, L): 1 = real token;
+    rank_mask (S, R_max) or None: optional dynamic-rank mask per sequence."""
+
+    seq_slots: torch.Tensor
+    mask: torch.Tensor
+    rank_mask: torch.Tensor | None = None
+
+    @property
+    def any_adapter(self) -> bool:
+        return bool((self.seq_slots >= 0).any())
+
+
+class BEMLinear(nn.Module):
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.slots: list[SiteAdapter] = []
+        self._A: torch.Tensor | None = None
+        self._B: torch.Tensor | None = None
+        self._gamma: torch.Tensor | None = None
+        self._beta: torch.Tensor | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def set_adapters(self, slots: list[SiteAdapter]) -> None:
+        """Install the stack: slot i of every context refers to `slots[i]`."""
+        w = self.base.weight
+        self.slots = slots
+        if not slots:
+            self._A = self._B = self._gamma = self._beta = None
+            return
+        width = max(s.experts * s.rank for s in slots)
+        A = torch.zeros((len(slots), width, self.in_features), dtype=w.dtype, device=w.device)
+        B = torch.zeros((len(slots), self.out_features, width), dtype=w.dtype, device=w.device)
+        for i, s in enumerate(slots):
+            _check_shapes(s, self.in_features, self.out_features)
+            R = s.experts * s.rank
+            A[i, :R] = s.A.to(A)
+            B[i, :, :R] = (s.B.float() * s.scale).to(B)
+        self._A, self._B = A, B
+        if any(s.film_gamma is not None for s in slots):
+            ones = torch.ones(self.out_features, dtype=w.dtype, device=w.device)
+            zeros = torch.zeros_like(ones)
+            # An extra last row is the identity FiLM that base-only sequences use.
+            self._gamma = torch.stack([*(ones if s.film_gamma is None else s.film_gamma.to(ones)
+                                         for s in slots), ones])
+            self._beta = torch.stack([*(zeros if s.film_beta is None else s.film_beta.to(zeros)
+                                        for s in slots), zeros])
+        else:
+            self._gamma = self._beta = None
+
+    def forward(self, x: torch.Tensor, ctx: BEMContext | None = None) -> torch.Tensor:
+        """x (S, L, d_in) → (S, L, d_out)."""
+        if ctx is None or self._A is None or not ctx.any_adapter:
+            return self.base(x)
+        S, L, _ = x.shape
+        gates = self.gates(x, ctx)
+        keep = ctx.mask.bool()
+        ids = torch.where(keep, ctx.seq_slots[:, None].expand(S, L), -1)
+        film: dict[str, torch.Tensor] = {}
+        if self._gamma is not None:
+            seq_film = torch.where(ctx.seq_slots >= 0, ctx.seq_slots, len(self.slots))
+            film = {"film_gamma": self._gamma[seq_film], "film_beta": self._beta[seq_film],
+                    "seq_ids": torch.arange(S, device=x.device).repeat_interleave(L)}
+        y = dispatch.bem_linear(
+            x.reshape(S * L, -1), self.base.weight, self.base.bias, self._A, self._B,
+            ids.reshape(-1), gates.reshape(S * L, -1), 1.0, **film,
+        )
+        return y.view(S, L, -1)
+
+    def gates(self, x: torch.Tensor, ctx: BEMContext) -> torch.Tensor:
+        """Per-token gates c (S, L, R_max): chunk-sticky routing per slot, zero on padding and
+        on base-only sequences."""
+        assert self._A is not None
+        S, L, _ = x.shape
+        out = torch.zeros((S, L, self._A.shape[1]), dtype=x.dtype, device=x.device)
+        for slot in torch.unique(ctx.seq_slots).tolist():
+            if slot < 0:
+                continue
+            site = self.slots[slot]
+            rows = (ctx.seq_slots == slot).nonzero().squeeze(1)
+            logits = torch.einsum("sli,ei->sle", x[rows].float(), site.router.float().to(x.device))
+            r = site.routing
+            g = dispatch.route_chunks(logits, ctx.mask[rows], chunk=r.chunk, tau=r.tau,
+                                      causal=r.causal, top_k=r.top_k)
+            c = dispatch.expand_gates(g, site.rank).to(x.dtype)
+            out[rows, :, : c.shape[-1]] = c
+        if ctx.rank_mask is not None:
+            out = out * ctx.rank_mask[:, None, : out.shape[-1]].to(out)
+        return out
+
+
+def _check_shapes(s: SiteAdapter, d_in: int, d_out: int) -> None:
+    R = s.experts * s.rank
+    expected = {"A": (R, d_in), "B": (d_out, R), "router": (s.experts, d_in)}
+    for name, shape in expected.items():
+        got = tuple(getattr(s, name).shape)
+        if got != shape:
+            raise ValueError(f"adapter {name} has shape {got}; this site needs {shape}")
