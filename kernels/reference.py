@@ -33,12 +33,10 @@ def bem_linear(
     """
     y = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
     ids = adapter_ids.long()
-    active = ids >= 0
-    if bool(active.any()):
-        rows = active.nonzero().squeeze(1)
-        a = ids[rows]
-        h = torch.einsum("ti,tri->tr", x[rows].float(), A[a].float()) * gates[rows].float()
-        y[rows] += scale * torch.einsum("tr,tor->to", h, B[a].float())
+    for a in torch.unique(ids[ids >= 0]).tolist():  # one segment of rows per adapter
+        rows = (ids == a).nonzero().squeeze(1)
+        h = (x[rows].float() @ A[a].float().T) * gates[rows].float()
+        y[rows] += scale * (h @ B[a].float().T)
     if film_gamma is not None:
         y = film(y, film_gamma, film_beta, seq_ids)
     return y.to(x.dtype)

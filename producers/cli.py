@@ -213,6 +213,8 @@ def main() -> None:
     # Connection-pool retries log each failed attempt; the CLI reports the outcome once.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    # The filesystem:// broker URL has no host by design; kombu warns about it on every use.
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     cli(prog_name="bemq")
 
 
