@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     max_lines: int = Field(50_000, ge=1)
     max_file_bytes: int = Field(200 * 1024 * 1024, ge=1)
     adapter_cache_bytes: int = Field(2 * 1024**3, ge=0)
+    # Fault drill: raise an out-of-memory error for any forward above this many padded tokens
+    # (0 = off), so OOM handling can be exercised on a CPU.
+    simulate_oom_above_tokens: int = Field(0, ge=0)
+    metrics_port: int = Field(0, ge=0, le=65535)
 
     # Delivery: the store keeps a lease and a delivery count per micro-batch.
     lease_seconds: float = Field(300.0, gt=0)

@@ -15,6 +15,7 @@ import orjson
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
+from ops import metrics
 from ops.blobs import BlobsUnavailable
 from ops.keys import request_id, shard_key
 from ops.lifecycle import finalize
@@ -31,6 +32,7 @@ Result = tuple[Item, torch.Tensor | str]
 def run(rt: Runtime, job_id: str, seq: int) -> str:
     cfg = rt.settings
     claim = rt.store.claim(job_id, seq, rt.name, cfg.lease_seconds, cfg.max_deliveries)
+    metrics.MICRO_BATCHES.labels(claim.outcome.value).inc()
     if claim.outcome in (ClaimOutcome.DONE, ClaimOutcome.BUSY):
         return claim.outcome.value
     if claim.outcome == ClaimOutcome.SKIP:
@@ -44,6 +46,7 @@ def run(rt: Runtime, job_id: str, seq: int) -> str:
         results: list[Result] = [(item, reason) for item in mb.items]
         first = _write_and_complete(rt, mb, results, dead=True)
     else:
+        metrics.PADDING_EFFICIENCY.observe(mb.real_tokens / mb.padded_tokens)
         with _lease_kept(rt, mb):
             results = embed_items(rt.embed, mb.items)
         first = _write_and_complete(rt, mb, results, dead=False)
@@ -78,6 +81,7 @@ def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result], *, d
     err_lines: list[bytes] = []
     for item, value in results:
         rid = request_id(mb.job_id, item.custom_id)
+        outcome = "failed"
         if isinstance(value, str):
             code = "micro_batch_dead" if dead else "inference_error"
             err_lines.append(_error_line(rid, item, code, value))
@@ -85,6 +89,8 @@ def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result], *, d
             err_lines.append(_error_line(rid, item, "invalid_output", "embedding is not finite"))
         else:
             ok_lines.append(_output_line(rid, item, value))
+            outcome = "completed"
+        metrics.ITEMS.labels(rt.settings.model_name, item.adapter or "none", outcome).inc()
     if ok_lines:
         rt.blobs.put(shard_key(mb.job_id, mb.seq, "out"), b"\n".join(ok_lines) + b"\n")
     if err_lines:

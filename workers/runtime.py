@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 import socket
 import threading
+import time
 
 import torch
 
+from ops import metrics
 from ops.blobs import Blobs, open_blobs
 from ops.models import ModelFiles, model_files
 from ops.settings import Settings, settings
 from ops.store import Store, open_store
 from workers.adapters import AdapterCache
+
+log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -32,6 +37,8 @@ class Runtime:
         self.blobs: Blobs = open_blobs(cfg.blobs_url, endpoint_url=cfg.s3_endpoint_url)
         self.files: ModelFiles = model_files(cfg.model_name, cfg.model_dir)
         self._installed: list[str] = []
+        self.token_budget = cfg.max_batch_tokens
+        metrics.TOKEN_BUDGET.set(self.token_budget)
 
     @functools.cached_property
     def device(self) -> torch.device:
@@ -69,8 +76,9 @@ class Runtime:
 
     @torch.inference_mode()
     def embed(self, texts: list[str], adapters: list[str | None] | None = None) -> torch.Tensor:
-        """Embed texts as one padded batch, each row through its adapter (None = base);
-        (len(texts), dim) float32 on the CPU."""
+        """Embed texts, each row through its adapter (None = base); (len(texts), dim) float32
+        on the CPU. Rows go through the model in forwards of at most `token_budget` padded
+        tokens; a forward that runs out of memory is split in half and the budget lowered."""
         slots = None
         if adapters is not None and any(a is not None for a in adapters):
             slots = self._slots(adapters)
@@ -81,8 +89,43 @@ class Runtime:
         for row, enc in enumerate(encodings):
             ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
             mask[row, : len(enc.ids)] = 1
-        out = self.model(ids.to(self.device), mask.to(self.device), slots)
-        return out.float().cpu()
+        return self._forward(ids, mask, slots)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor,
+                 slots: torch.Tensor | None) -> torch.Tensor:
+        rows, width = ids.shape
+        if rows > 1 and rows * width > self.token_budget:
+            return self._halves(ids, mask, slots)
+        try:
+            if 0 < self.settings.simulate_oom_above_tokens < rows * width:
+                raise torch.OutOfMemoryError(f"simulated: {rows}x{width} tokens")
+            started = time.perf_counter()
+            out = self.model(ids.to(self.device), mask.to(self.device),
+                             None if slots is None else slots.to(self.device))
+            metrics.INFERENCE_LATENCY.labels(self.settings.model_name).observe(
+                time.perf_counter() - started)
+            metrics.BATCH_SIZE.observe(rows)
+            metrics.BATCH_TOKENS.observe(rows * width)
+            return out.float().cpu()
+        except torch.OutOfMemoryError:
+            if rows == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.token_budget = max(width, rows * width // 2)
+            metrics.OOM_SPLITS.inc()
+            metrics.TOKEN_BUDGET.set(self.token_budget)
+            log.warning("out of memory at %dx%d tokens; token budget now %d",
+                        rows, width, self.token_budget)
+            return self._halves(ids, mask, slots)
+
+    def _halves(self, ids: torch.Tensor, mask: torch.Tensor,
+                slots: torch.Tensor | None) -> torch.Tensor:
+        mid = ids.shape[0] // 2
+        return torch.cat([
+            self._forward(ids[:mid], mask[:mid], None if slots is None else slots[:mid]),
+            self._forward(ids[mid:], mask[mid:], None if slots is None else slots[mid:]),
+        ])
 
     def start_heartbeat(self, queues: str) -> threading.Event:
         """Record this worker as alive every `heartbeat_seconds` until the event is set."""

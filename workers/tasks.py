@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
+from ops import metrics
 from ops.blobs import BlobsUnavailable
 from ops.lifecycle import reconcile
 from ops.store import StoreUnavailable
@@ -46,6 +47,7 @@ def _on_ready(sender, **_: object) -> None:  # type: ignore[no-untyped-def]
     global _heartbeat
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
     rt = runtime()
+    metrics.serve(rt.settings.metrics_port)
     if QUEUE_GPU in queues:
         _ = rt.model  # load before the first message, not during it
     _heartbeat = rt.start_heartbeat(queues)

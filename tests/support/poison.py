@@ -20,7 +20,8 @@ class PoisonEncoder(BertEncoder):
         model.poison_id = vocab.index(POISON_WORD)
         return model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                adapter_slots: torch.Tensor | None = None) -> torch.Tensor:
         if (input_ids == self.poison_id).any():
             raise RuntimeError("model cannot embed the poison word")
-        return super().forward(input_ids, attention_mask)
+        return super().forward(input_ids, attention_mask, adapter_slots)

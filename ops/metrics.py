@@ -1,0 +1,25 @@
+"""Prometheus metrics (`bem_*`), one registry per process. Labels are bounded: no job ids or
+custom ids ever become label values."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+ITEMS = Counter("bem_items", "Items finished by workers", ["model", "adapter", "outcome"])
+BATCH_SIZE = Histogram("bem_batch_size", "Rows per model forward",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+BATCH_TOKENS = Histogram("bem_batch_tokens", "Padded tokens per model forward",
+                         buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768))
+PADDING_EFFICIENCY = Histogram("bem_batch_padding_efficiency",
+                               "Real tokens / padded tokens per micro-batch",
+                               buckets=(0.1, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0))
+INFERENCE_LATENCY = Histogram("bem_inference_latency_seconds", "Model forward time", ["model"])
+OOM_SPLITS = Counter("bem_worker_oom_splits", "Forwards split after running out of memory")
+TOKEN_BUDGET = Gauge("bem_worker_token_budget", "Padded tokens this worker puts in one forward")
+MICRO_BATCHES = Counter("bem_micro_batches", "Micro-batch deliveries by outcome", ["outcome"])
+
+
+def serve(port: int) -> None:
+    """Expose this process's metrics on http://0.0.0.0:PORT/metrics (0 = off)."""
+    if port:
+        start_http_server(port)
