@@ -12,23 +12,56 @@ import abc
 import contextlib
 import dataclasses
 import enum
+import functools
 import json
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from ops.store.rows import FILE_COLUMNS, JOB_COLUMNS, file_from_row, job_from_row
 from schemas.adapters import AdapterRecord
 from schemas.batch import STATUS_TIMESTAMP, BatchErrors, FileObject, Job, JobStatus
 from schemas.microbatch import Item, MicroBatch, MicroBatchState
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 SCHEMA_VERSION = 1
 OPEN_STATES = (MicroBatchState.QUEUED.value, MicroBatchState.RUNNING.value)
 
 
 class StoreUnavailable(RuntimeError):
     """The store could not be reached within the configured retry bound."""
+
+
+class TransientStoreError(RuntimeError):
+    """A connection-level failure (server restart, dropped connection): worth a retry."""
+
+
+def retried(method: Callable[..., T]) -> Callable[..., T]:
+    """Re-run a store method on transient failures with exponential backoff, up to the store's
+    `retry_seconds`. Safe because every method is written to be re-runnable: updates are
+    guarded by the state they expect and inserts ignore a row that is already there."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> T:
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.1
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except (TransientStoreError, StoreUnavailable) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailable(
+                        f"{self.label} unreachable for {self.retry_seconds:.0f}s: {exc}"
+                    ) from exc
+                log.warning("store call %s failed (%s); retrying in %.1fs",
+                            method.__name__, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    return wrapper
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -67,6 +100,8 @@ class Cursor(abc.ABC):
 
 class Store(abc.ABC):
     dialect: str
+    label: str
+    retry_seconds: float = 30.0
 
     # -- connection layer (per back-end) -------------------------------------------------
     @abc.abstractmethod
@@ -76,11 +111,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    @retried
     def ping(self) -> None:
         with self.tx() as cur:
             cur.execute("SELECT 1")
 
     # -- schema --------------------------------------------------------------------------
+    @retried
     def init(self) -> None:
         """Create or migrate the schema; safe to run from every process at every start."""
         ddl = resources.files("schemas").joinpath(f"sql/{self.dialect}.sql").read_text()
@@ -95,6 +132,7 @@ class Store(abc.ABC):
             )
 
     # -- jobs ----------------------------------------------------------------------------
+    @retried
     def create_job(self, job: Job) -> None:
         values = {
             "id": job.id, "tenant": job.tenant, "model": job.model, "endpoint": job.endpoint,
@@ -107,8 +145,10 @@ class Store(abc.ABC):
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self.tx() as cur:
-            cur.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", list(values.values()))
+            cur.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING",
+                        list(values.values()))
 
+    @retried
     def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
         sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
         params: list[Any] = [job_id]
@@ -125,6 +165,7 @@ class Store(abc.ABC):
             ).fetchone()
         return job_from_row(row, dead=dead[0] if dead else 0)
 
+    @retried
     def list_jobs(self, tenant: str, after: str | None = None, limit: int = 20) -> list[Job]:
         """Newest first; `after` is the id of the last job of the previous page (cursor)."""
         sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?"
@@ -143,6 +184,7 @@ class Store(abc.ABC):
         with self.tx() as cur:
             return [job_from_row(r) for r in cur.execute(sql, params).fetchall()]
 
+    @retried
     def fail_job(self, job_id: str, errors: BatchErrors) -> None:
         with self.tx() as cur:
             cur.execute(
@@ -150,6 +192,7 @@ class Store(abc.ABC):
                 (JobStatus.FAILED.value, int(time.time()), errors.model_dump_json(), job_id),
             )
 
+    @retried
     def start_job(self, job_id: str, batches: Sequence[MicroBatch], total: int) -> None:
         """Store every micro-batch and move the job to in_progress, in one transaction: a job
         is either fully enqueued in the store or not at all."""
@@ -162,7 +205,8 @@ class Store(abc.ABC):
         with self.tx() as cur:
             cur.executemany(
                 "INSERT INTO micro_batches (job_id, seq, state, items, rows, real_tokens, "
-                "padded_tokens, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "padded_tokens, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id, seq) DO NOTHING",
                 rows,
             )
             cur.execute(
@@ -172,6 +216,7 @@ class Store(abc.ABC):
                  JobStatus.VALIDATING.value),
             )
 
+    @retried
     def set_status(self, job_id: str, status: JobStatus, *, only_from: Sequence[JobStatus],
                    **columns: Any) -> bool:
         """Move a job to `status` if it is in one of `only_from`; True if this call moved it."""
@@ -187,6 +232,7 @@ class Store(abc.ABC):
             )
             return cur.rowcount == 1
 
+    @retried
     def cancel_job(self, job_id: str) -> bool:
         """Mark a running job cancelling and skip its queued micro-batches; running ones finish."""
         moved = self.set_status(
@@ -201,6 +247,7 @@ class Store(abc.ABC):
                 )
         return moved
 
+    @retried
     def open_micro_batches(self, job_id: str) -> int:
         marks = ", ".join("?" for _ in OPEN_STATES)
         with self.tx() as cur:
@@ -210,6 +257,7 @@ class Store(abc.ABC):
             ).fetchone()
         return int(row[0]) if row else 0
 
+    @retried
     def finished_shards(self, job_id: str) -> list[tuple[int, int, int]]:
         """(seq, lines in its output shard, lines in its error shard) of every finished
         micro-batch, in order."""
@@ -221,6 +269,7 @@ class Store(abc.ABC):
             ).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
+    @retried
     def expire(self, job_id: str) -> bool:
         """Stamp a job past its completion window and skip its queued micro-batches; the ones
         running finish, and finalisation then ends the job `expired` with what was done."""
@@ -238,6 +287,7 @@ class Store(abc.ABC):
             )
         return True
 
+    @retried
     def jobs_in(self, statuses: Sequence[JobStatus]) -> list[Job]:
         marks = ", ".join("?" for _ in statuses)
         with self.tx() as cur:
@@ -248,6 +298,7 @@ class Store(abc.ABC):
         return [job_from_row(r) for r in rows]
 
     # -- micro-batches -------------------------------------------------------------------
+    @retried
     def claim(self, job_id: str, seq: int, worker: str, lease_seconds: float,
               max_deliveries: int) -> Claim:
         """Take the lease on one micro-batch for a delivered message; see `ClaimOutcome`."""
@@ -292,6 +343,7 @@ class Store(abc.ABC):
         outcome = ClaimOutcome.DEAD if deliveries + 1 > max_deliveries else ClaimOutcome.RUN
         return Claim(outcome, mb)
 
+    @retried
     def renew_lease(self, job_id: str, seq: int, worker: str, lease_seconds: float) -> bool:
         with self.tx() as cur:
             cur.execute(
@@ -301,6 +353,7 @@ class Store(abc.ABC):
             )
             return cur.rowcount == 1
 
+    @retried
     def release(self, job_id: str, seq: int, error: str) -> None:
         """Give a claimed micro-batch back to the queue state after a retryable failure."""
         with self.tx() as cur:
@@ -311,6 +364,7 @@ class Store(abc.ABC):
                  MicroBatchState.RUNNING.value),
             )
 
+    @retried
     def complete(self, job_id: str, seq: int, n_ok: int, n_err: int, *,
                  dead: bool = False, error: str | None = None) -> bool:
         """Record a micro-batch's results once. Returns False for a repeated completion, which
@@ -332,6 +386,7 @@ class Store(abc.ABC):
             )
         return True
 
+    @retried
     def stale_micro_batches(self, requeue_after: float, limit: int = 1000) -> list[tuple[str, int]]:
         """Micro-batches whose message may be lost: queued for too long, or running with an
         expired lease (the worker died). `jobs.reconcile` sends them again."""
@@ -346,6 +401,7 @@ class Store(abc.ABC):
             ).fetchall()
         return [(r[0], r[1]) for r in rows]
 
+    @retried
     def mark_enqueued(self, pairs: Sequence[tuple[str, int]]) -> None:
         now = time.time()
         with self.tx() as cur:
@@ -354,6 +410,7 @@ class Store(abc.ABC):
                 [(now, job_id, seq) for job_id, seq in pairs],
             )
 
+    @retried
     def micro_batch_summary(self, job_id: str) -> dict[str, int]:
         with self.tx() as cur:
             rows = cur.execute(
@@ -362,6 +419,7 @@ class Store(abc.ABC):
             ).fetchall()
         return {state: count for state, count in rows}
 
+    @retried
     def padding(self, job_id: str) -> tuple[int, int]:
         """(real tokens, padded tokens) over a job's micro-batches."""
         with self.tx() as cur:
@@ -373,6 +431,7 @@ class Store(abc.ABC):
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     # -- files ---------------------------------------------------------------------------
+    @retried
     def add_file(self, obj: FileObject, blob_key: str) -> None:
         with self.tx() as cur:
             cur.execute(
@@ -382,6 +441,7 @@ class Store(abc.ABC):
                  blob_key),
             )
 
+    @retried
     def get_file(self, file_id: str, tenant: str | None = None) -> tuple[FileObject, str] | None:
         sql = f"SELECT {FILE_COLUMNS} FROM files WHERE id = ?"
         params: list[Any] = [file_id]
@@ -392,24 +452,28 @@ class Store(abc.ABC):
             row = cur.execute(sql, params).fetchone()
         return file_from_row(row) if row else None
 
+    @retried
     def delete_file(self, file_id: str) -> None:
         with self.tx() as cur:
             cur.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
     # -- adapters ------------------------------------------------------------------------
+    @retried
     def add_adapter(self, record: AdapterRecord) -> None:
         fields = list(AdapterRecord.model_fields)
         with self.tx() as cur:
             cur.execute(
                 f"INSERT INTO adapters ({', '.join(fields)}) "
-                f"VALUES ({', '.join('?' for _ in fields)})",
+                f"VALUES ({', '.join('?' for _ in fields)}) ON CONFLICT (name) DO NOTHING",
                 [getattr(record, f) for f in fields],
             )
 
+    @retried
     def get_adapter(self, name: str) -> AdapterRecord | None:
         found = self.list_adapters(name)
         return found[0] if found else None
 
+    @retried
     def list_adapters(self, name: str | None = None) -> list[AdapterRecord]:
         fields = list(AdapterRecord.model_fields)
         sql = f"SELECT {', '.join(fields)} FROM adapters"
@@ -421,6 +485,7 @@ class Store(abc.ABC):
         return [AdapterRecord(**dict(zip(fields, r, strict=True))) for r in rows]
 
     # -- workers -------------------------------------------------------------------------
+    @retried
     def heartbeat(self, name: str, pid: int, queues: str, device: str) -> None:
         now = time.time()
         with self.tx() as cur:
@@ -432,10 +497,12 @@ class Store(abc.ABC):
                 (name, pid, queues, device, now, now),
             )
 
+    @retried
     def forget_worker(self, name: str) -> None:
         with self.tx() as cur:
             cur.execute("DELETE FROM workers WHERE name = ?", (name,))
 
+    @retried
     def live_workers(self, within_seconds: float) -> list[dict[str, Any]]:
         with self.tx() as cur:
             rows = cur.execute(

@@ -1,21 +1,20 @@
 """PostgreSQL back-end for production: psycopg 3 with a connection pool.
 
-Getting a connection is retried with exponential backoff up to `retry_seconds`, so a database
-restart pauses workers and producers instead of failing them; past the bound a
-`StoreUnavailable` names the database and the last error.
+A database restart pauses workers and producers instead of failing them: every store call is
+retried with backoff up to `retry_seconds` (see `ops.store.base.retried`); past the bound a
+`StoreUnavailable` carries the last error.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ops.store.base import Store, StoreUnavailable
+from ops.store.base import Store, TransientStoreError
 
 
 class _Cursor:
@@ -44,6 +43,7 @@ class _Cursor:
 
 class PostgresStore(Store):
     dialect = "postgres"
+    label = "PostgreSQL"
 
     def __init__(self, url: str, *, pool_size: int = 8, retry_seconds: float = 30.0) -> None:
         self.url = url
@@ -57,32 +57,14 @@ class PostgresStore(Store):
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[Any]:
-        with self._connection() as conn, conn.transaction():
-            yield _Cursor(conn.cursor())
-
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.1
-        while True:
-            try:
-                conn_cm = self.pool.connection()
-                conn = conn_cm.__enter__()
-            except (PoolTimeout, psycopg.OperationalError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise StoreUnavailable(
-                        f"PostgreSQL unreachable for {self.retry_seconds:.0f}s: {exc}"
-                    ) from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            break
+        """A transaction on a pooled connection. Connection-level failures (server down or
+        restarted, connection dropped) become `TransientStoreError`, which `retried` methods
+        re-run; errors in the SQL itself propagate unchanged."""
         try:
-            yield conn
-        except BaseException as exc:
-            conn_cm.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        conn_cm.__exit__(None, None, None)
+            with self.pool.connection() as conn, conn.transaction():
+                yield _Cursor(conn.cursor())
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise TransientStoreError(str(exc).strip().splitlines()[0]) from exc
 
     def close(self) -> None:
         self.pool.close()

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ops.store.base import Store
+from ops.store.base import Store, TransientStoreError
 
 
 class SqliteStore(Store):
     dialect = "sqlite"
+    label = "SQLite"
 
     def __init__(self, url: str, *, retry_seconds: float = 30.0) -> None:
         path = urlparse(url).path
@@ -24,6 +25,7 @@ class SqliteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Writers wait for each other rather than failing: the busy timeout is the retry bound.
         self.busy_timeout = max(retry_seconds, 5.0)
+        self.retry_seconds = retry_seconds
         self._local = threading.local()
 
     def _connection(self) -> sqlite3.Connection:
@@ -42,7 +44,10 @@ class SqliteStore(Store):
     @contextlib.contextmanager
     def tx(self) -> Iterator[Any]:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout
+            raise TransientStoreError(str(exc)) from exc
         try:
             yield conn.cursor()
         except BaseException:
