@@ -191,3 +191,46 @@ def test_two_beats_never_double_fire(tmp_path: Path, private_redis: PrivateRedis
             b.wait(30)
         drop_database(pg)
 
+
+
+def test_micro_batch_that_keeps_killing_workers_goes_dead(tmp_path: Path,
+                                                         private_redis: PrivateRedis) -> None:
+    """A micro-batch whose item crashes the worker process on every delivery is marked dead
+    after BEMQ_MAX_DELIVERIES: its items land in the error file, the job ends, and
+    `bemq status` shows the dead micro-batch."""
+    pg = create_database()
+    env = fault_env(tmp_path, private_redis.url, pg) | {
+        "BEMQ_MODEL_CLASS": "tests.support.poison:CrashEncoder", "BEMQ_MAX_DELIVERIES": "2",
+        "BEMQ_MAX_BATCH_SIZE": "8"}
+    try:
+        with Client(settings_for(env)) as client:
+            ops = start_worker(env, client, tmp_path / "ops.log", queues="ops",
+                               extra=("--beat",))
+            texts = sentences(client.model, 64, seed=3)
+            texts[17] = "this sentence will crash the worker"
+            job = client.submit_job(texts)
+            crashes = 0
+            try:
+                while not client.status(job.id).status.terminal:
+                    worker = start_worker(env, client, tmp_path / f"gpu{crashes}.log")
+                    while worker.proc.poll() is None and not client.status(job.id).status.terminal:  # type: ignore[union-attr]
+                        time.sleep(0.1)
+                    if worker.proc.poll() is not None:  # type: ignore[union-attr]
+                        assert worker.proc.returncode == 70  # type: ignore[union-attr]
+                        crashes += 1
+                    worker.stop()
+                    assert crashes <= 3, "the crashing micro-batch was never declared dead"
+            finally:
+                ops.stop()
+            job = client.status(job.id)
+            assert crashes == 2
+            assert job.dead_micro_batches == 1
+            errors = list(client.errors(job.id))
+            assert "item-17" in {e["custom_id"] for e in errors}
+            assert {e["error"]["code"] for e in errors} == {"micro_batch_dead"}
+            assert_exactly_once(client, job, 64)
+            status = subprocess.run([sys.executable, "-m", "producers.cli", "status", job.id],
+                                    env=env, capture_output=True, text=True, timeout=60)
+            assert "(1 dead)" in status.stdout
+    finally:
+        drop_database(pg)
