@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from celery import Task
@@ -21,10 +22,14 @@ _heartbeat = None
 
 @app.task(name=TASK_RUN_MICRO_BATCH, bind=True, max_retries=None)
 def run_micro_batch(self: Task, job_id: str, seq: int) -> str:
+    rt = runtime()
     try:
-        return runner.run(runtime(), job_id, seq)
+        return runner.run(rt, job_id, seq)
     except (StoreUnavailable, BlobsUnavailable) as exc:
-        # The store's lease also brings this micro-batch back if the retry message is lost.
+        # Hand the lease back so the retry can claim at once; if the store is the thing that
+        # is down, the lease expires instead and jobs.reconcile re-sends the micro-batch.
+        with contextlib.suppress(StoreUnavailable):
+            rt.store.release(job_id, seq, rt.name, f"{type(exc).__name__}: {exc}")
         raise self.retry(exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6))) from exc
 
 

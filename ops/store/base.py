@@ -354,15 +354,17 @@ class Store(abc.ABC):
             return cur.rowcount == 1
 
     @retried
-    def release(self, job_id: str, seq: int, error: str) -> None:
-        """Give a claimed micro-batch back to the queue state after a retryable failure."""
+    def release(self, job_id: str, seq: int, worker: str, error: str) -> bool:
+        """Give a micro-batch this worker holds back to the queued state after a retryable
+        failure, so that the retry message can claim it at once."""
         with self.tx() as cur:
             cur.execute(
                 "UPDATE micro_batches SET state = ?, lease_until = NULL, last_error = ?, "
-                "enqueued_at = ? WHERE job_id = ? AND seq = ? AND state = ?",
+                "enqueued_at = ? WHERE job_id = ? AND seq = ? AND state = ? AND worker = ?",
                 (MicroBatchState.QUEUED.value, error[:2000], time.time(), job_id, seq,
-                 MicroBatchState.RUNNING.value),
+                 MicroBatchState.RUNNING.value, worker),
             )
+            return cur.rowcount == 1
 
     @retried
     def complete(self, job_id: str, seq: int, n_ok: int, n_err: int, *,

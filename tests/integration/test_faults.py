@@ -234,3 +234,42 @@ def test_micro_batch_that_keeps_killing_workers_goes_dead(tmp_path: Path,
             assert "(1 dead)" in status.stdout
     finally:
         drop_database(pg)
+
+
+def test_s3_partitioned_mid_job(tmp_path: Path, private_redis: PrivateRedis, moto) -> None:  # type: ignore[no-untyped-def]
+    """The S3 endpoint becomes unreachable for several seconds mid-job: shard writes fail, the
+    micro-batch is retried later, the job completes exactly once, and the output file is
+    published only whole."""
+    from ops.blobs.s3 import S3Blobs
+    from tests.support.proxy import TcpProxy
+
+    proxy = TcpProxy(int(moto.url.rsplit(":", 1)[1]))
+    bucket = f"bemq-fault-{int(time.time() * 1000)}"
+    S3Blobs(bucket, endpoint_url=moto.url).ensure_bucket()
+    pg = create_database()
+    env = fault_env(tmp_path, private_redis.url, pg) | {
+        "BEMQ_BLOB_URL": f"s3://{bucket}/data",
+        "BEMQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
+    try:
+        with Client(settings_for(env)) as client:
+            ops = start_worker(env, client, tmp_path / "ops.log", queues="ops",
+                               extra=("--beat",))
+            worker = start_worker(env, client, tmp_path / "gpu.log")
+            try:
+                job = client.submit_job(sentences(client.model, 800, seed=14))
+                wait_for(lambda: client.status(job.id).request_counts.completed > 0, 120,
+                         "first completions")
+                proxy.cut()
+                time.sleep(8)
+                assert client.status(job.id).output_file_id is None
+                proxy.restore()
+                job = client.wait(job.id, timeout=300)
+            finally:
+                worker.stop()
+                ops.stop()
+            assert_exactly_once(client, job, 800)
+            log = (tmp_path / "gpu.log").read_text()
+            assert "BlobsUnavailable" in log  # the outage was really hit
+    finally:
+        proxy.close()
+        drop_database(pg)

@@ -81,7 +81,8 @@ def test_release_requeues_and_stale_queued_are_found(store: Store) -> None:
     """A released micro-batch is queued again; queued ones older than the bound are stale."""
     new_job(store)
     store.claim("batch_1", 0, "w", 60, 3)
-    store.release("batch_1", 0, "store blip")
+    assert store.release("batch_1", 0, "someone-else", "blip") is False
+    assert store.release("batch_1", 0, "w", "store blip") is True
     assert store.micro_batch_summary("batch_1") == {"queued": 2}
     assert store.stale_micro_batches(requeue_after=3600) == []
     time.sleep(0.05)
