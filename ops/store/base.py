@@ -120,7 +120,7 @@ class Store(abc.ABC):
     @retried
     def init(self) -> None:
         """Create or migrate the schema; safe to run from every process at every start."""
-        ddl = resources.files("schemas").joinpath(f"sql/{self.dialect}.sql").read_text()
+        ddl = resources.files("schemas").joinpath("sql/schema.sql").read_text()
         with self.tx() as cur:
             for statement in (s.strip() for s in ddl.split(";")):
                 if statement:

@@ -7,6 +7,7 @@ Recovery runs as in production: a GPU worker, an ops worker with beat (RedBeat o
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -67,6 +68,28 @@ def max_deliveries(client: Client, job_id: str) -> int:
                                (job_id,)).fetchone()[0])
 
 
+@contextlib.contextmanager
+def running(env: dict[str, str], client: Client, tmp_path: Path, *,
+            gpu: bool = True) -> Iterator[None]:
+    """An ops worker with beat (jobs.reconcile) and, unless told otherwise, one GPU worker."""
+    ops = start_worker(env, client, tmp_path / "ops.log", queues="ops", extra=("--beat",))
+    worker = start_worker(env, client, tmp_path / "gpu.log") if gpu else None
+    try:
+        yield
+    finally:
+        if worker is not None:
+            worker.stop()
+        ops.stop()
+
+
+def submit_and_start(client: Client, items: int, seed: int) -> Job:
+    """Submit a job and return once its first items are done: the fault then hits mid-job."""
+    job = client.submit_job(sentences(client.model, items, seed=seed))
+    wait_for(lambda: client.status(job.id).request_counts.completed > 0, 120,
+             "first completions")
+    return job
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -80,9 +103,7 @@ def test_worker_killed_five_times_mid_batch(tmp_path: Path, private_redis: Priva
     env = fault_env(tmp_path, private_redis.url, pg)
     try:
         with Client(settings_for(env)) as client:
-            ops = start_worker(env, client, tmp_path / "ops.log", queues="ops",
-                               extra=("--beat",))
-            try:
+            with running(env, client, tmp_path, gpu=False):
                 job = client.submit_job(sentences(client.model, 1500, seed=9))
                 for kill in range(5):
                     worker = start_worker(env, client, tmp_path / f"gpu{kill}.log")
@@ -94,8 +115,6 @@ def test_worker_killed_five_times_mid_batch(tmp_path: Path, private_redis: Priva
                     job = client.wait(job.id, timeout=300)
                 finally:
                     final.stop()
-            finally:
-                ops.stop()
             assert_exactly_once(client, job, 1500)
             assert max_deliveries(client, job.id) >= 2  # killed batches really came back
     finally:
@@ -109,18 +128,12 @@ def test_redis_restarted_empty_mid_job(tmp_path: Path, private_redis: PrivateRed
     env = fault_env(tmp_path, private_redis.url, pg)
     try:
         with Client(settings_for(env)) as client:
-            job = client.submit_job(sentences(client.model, 800, seed=12))
             worker = start_worker(env, client, tmp_path / "gpu.log")
             try:
-                wait_for(lambda: client.status(job.id).request_counts.completed > 0, 120,
-                         "first completions")
+                job = submit_and_start(client, 800, seed=12)
                 private_redis.restart_empty()
-                ops = start_worker(env, client, tmp_path / "ops.log", queues="ops",
-                                   extra=("--beat",))
-                try:
+                with running(env, client, tmp_path, gpu=False):
                     job = client.wait(job.id, timeout=300)
-                finally:
-                    ops.stop()
             finally:
                 worker.stop()
             assert_exactly_once(client, job, 800)
@@ -136,20 +149,12 @@ def test_postgres_restarted_mid_job(tmp_path: Path, private_redis: PrivateRedis)
     env = fault_env(tmp_path, private_redis.url, pg.url)
     try:
         with Client(settings_for(env)) as client:
-            ops = start_worker(env, client, tmp_path / "ops.log", queues="ops",
-                               extra=("--beat",))
-            worker = start_worker(env, client, tmp_path / "gpu.log")
-            try:
-                job = client.submit_job(sentences(client.model, 800, seed=13))
-                wait_for(lambda: client.status(job.id).request_counts.completed > 0, 120,
-                         "first completions")
+            with running(env, client, tmp_path):
+                job = submit_and_start(client, 800, seed=13)
                 pg.stop()
                 time.sleep(4)
                 pg.start()
                 job = client.wait(job.id, timeout=300)
-            finally:
-                worker.stop()
-                ops.stop()
             assert_exactly_once(client, job, 800)
         pg.stop()
         bounded = settings_for(env | {"BEMQ_DB_RETRY_SECONDS": "2"})
@@ -203,25 +208,22 @@ def test_micro_batch_that_keeps_killing_workers_goes_dead(tmp_path: Path,
         "BEMQ_MODEL_CLASS": "tests.support.poison:CrashEncoder", "BEMQ_MAX_DELIVERIES": "2",
         "BEMQ_MAX_BATCH_SIZE": "8"}
     try:
-        with Client(settings_for(env)) as client:
-            ops = start_worker(env, client, tmp_path / "ops.log", queues="ops",
-                               extra=("--beat",))
+        with Client(settings_for(env)) as client, running(env, client, tmp_path, gpu=False):
             texts = sentences(client.model, 64, seed=3)
             texts[17] = "this sentence will crash the worker"
             job = client.submit_job(texts)
             crashes = 0
-            try:
-                while not client.status(job.id).status.terminal:
-                    worker = start_worker(env, client, tmp_path / f"gpu{crashes}.log")
-                    while worker.proc.poll() is None and not client.status(job.id).status.terminal:  # type: ignore[union-attr]
-                        time.sleep(0.1)
-                    if worker.proc.poll() is not None:  # type: ignore[union-attr]
-                        assert worker.proc.returncode == 70  # type: ignore[union-attr]
-                        crashes += 1
-                    worker.stop()
-                    assert crashes <= 3, "the crashing micro-batch was never declared dead"
-            finally:
-                ops.stop()
+            while not client.status(job.id).status.terminal:
+                worker = start_worker(env, client, tmp_path / f"gpu{crashes}.log")
+                proc = worker.proc
+                assert proc is not None
+                while proc.poll() is None and not client.status(job.id).status.terminal:
+                    time.sleep(0.1)
+                if proc.poll() is not None:
+                    assert proc.returncode == 70
+                    crashes += 1
+                worker.stop()
+                assert crashes <= 3, "the crashing micro-batch was never declared dead"
             job = client.status(job.id)
             assert crashes == 2
             assert job.dead_micro_batches == 1
@@ -252,21 +254,13 @@ def test_s3_partitioned_mid_job(tmp_path: Path, private_redis: PrivateRedis, mot
         "BEMQ_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
     try:
         with Client(settings_for(env)) as client:
-            ops = start_worker(env, client, tmp_path / "ops.log", queues="ops",
-                               extra=("--beat",))
-            worker = start_worker(env, client, tmp_path / "gpu.log")
-            try:
-                job = client.submit_job(sentences(client.model, 800, seed=14))
-                wait_for(lambda: client.status(job.id).request_counts.completed > 0, 120,
-                         "first completions")
+            with running(env, client, tmp_path):
+                job = submit_and_start(client, 800, seed=14)
                 proxy.cut()
                 time.sleep(8)
                 assert client.status(job.id).output_file_id is None
                 proxy.restore()
                 job = client.wait(job.id, timeout=300)
-            finally:
-                worker.stop()
-                ops.stop()
             assert_exactly_once(client, job, 800)
             log = (tmp_path / "gpu.log").read_text()
             assert "BlobsUnavailable" in log  # the outage was really hit

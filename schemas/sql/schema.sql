@@ -1,7 +1,8 @@
--- bemq store, SQLite. Applied at start-up, idempotently (schema_version records migrations).
+-- bemq store schema, for PostgreSQL and SQLite alike (SQLite maps BIGINT and DOUBLE PRECISION
+-- to its INTEGER and REAL affinities). Applied at start-up, idempotently.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER PRIMARY KEY,
-    applied_at REAL NOT NULL
+    applied_at DOUBLE PRECISION NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS jobs (
@@ -14,15 +15,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_file_id TEXT,
     error_file_id TEXT,
     completion_window TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    in_progress_at INTEGER,
-    expires_at INTEGER,
-    finalizing_at INTEGER,
-    completed_at INTEGER,
-    failed_at INTEGER,
-    expired_at INTEGER,
-    cancelling_at INTEGER,
-    cancelled_at INTEGER,
+    created_at BIGINT NOT NULL,
+    in_progress_at BIGINT,
+    expires_at BIGINT,
+    finalizing_at BIGINT,
+    completed_at BIGINT,
+    failed_at BIGINT,
+    expired_at BIGINT,
+    cancelling_at BIGINT,
+    cancelled_at BIGINT,
     total INTEGER NOT NULL DEFAULT 0,
     completed INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
@@ -42,8 +43,8 @@ CREATE TABLE IF NOT EXISTS micro_batches (
     real_tokens INTEGER NOT NULL,
     padded_tokens INTEGER NOT NULL,
     deliveries INTEGER NOT NULL DEFAULT 0,
-    enqueued_at REAL,
-    lease_until REAL,
+    enqueued_at DOUBLE PRECISION,
+    lease_until DOUBLE PRECISION,
     worker TEXT,
     n_ok INTEGER NOT NULL DEFAULT 0,
     n_err INTEGER NOT NULL DEFAULT 0,
@@ -57,9 +58,9 @@ CREATE TABLE IF NOT EXISTS files (
     tenant TEXT NOT NULL,
     purpose TEXT NOT NULL,
     filename TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
+    bytes BIGINT NOT NULL,
     blob_key TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at BIGINT NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS workers (
@@ -67,8 +68,8 @@ CREATE TABLE IF NOT EXISTS workers (
     pid INTEGER NOT NULL,
     queues TEXT NOT NULL,
     device TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    last_seen REAL NOT NULL
+    started_at DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS adapters (
@@ -76,8 +77,8 @@ CREATE TABLE IF NOT EXISTS adapters (
     model TEXT NOT NULL,
     blob_key TEXT NOT NULL,
     sha256 TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
+    bytes BIGINT NOT NULL,
     experts INTEGER NOT NULL,
     rank INTEGER NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at BIGINT NOT NULL
 );

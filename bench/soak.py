@@ -1,0 +1,206 @@
+"""Soak benchmark: many concurrent submitters and pollers against real workers for minutes.
+
+4 GPU-queue worker processes and an ops worker with beat (jobs.reconcile) on Redis +
+PostgreSQL (+ local or S3 blobs); 20 submitter threads create jobs of 50–2,000 items
+(log-uniform) until at least `--jobs` jobs exist and `--min-seconds` have passed; pollers call
+Client.status at `--polls-per-s`. Everything is bounded in count and time and talks to loopback
+only. Then every job's output and error files are read back and every custom_id counted.
+
+Keys: items_submitted, items_accounted (must be equal), duplicates (must be 0),
+job_p95_completion_s, status_poll_p95_ms, worker_rss_growth_mb (RSS after the run minus RSS
+after the first finished job, summed over workers).
+
+Usage: python bench/soak.py --json PATH [--jobs 200] [--min-seconds 300] [--blobs local|s3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ops.settings import Settings
+from producers.client import Client
+from producers.corpus import sentences
+from producers.local_worker import LocalWorker
+from tests.support import services
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, client: Client) -> None:
+        self.args = args
+        self.client = client
+        self.lock = threading.Lock()
+        self.jobs: dict[str, tuple[float, int]] = {}  # id -> (submitted at, items)
+        self.done: dict[str, float] = {}  # id -> first seen terminal
+        self.polls: list[float] = []
+        self.stop = threading.Event()
+        self.start = time.monotonic()
+        self.pool = sentences(client.model, 4000, seed=99)
+
+    def enough(self) -> bool:
+        elapsed = time.monotonic() - self.start
+        return (len(self.jobs) >= self.args.jobs and elapsed >= self.args.min_seconds) \
+            or elapsed >= self.args.max_seconds
+
+    def submitter(self, n: int) -> None:
+        rng = random.Random(n)
+        while not self.stop.is_set() and not self.enough():
+            with self.lock:
+                active = len(self.jobs) - len(self.done)
+            if active >= self.args.max_active:
+                time.sleep(0.2)
+                continue
+            size = int(math.exp(rng.uniform(math.log(50), math.log(2000))))
+            texts = [self.pool[rng.randrange(len(self.pool))] for _ in range(size)]
+            job = self.client.submit_job(texts, metadata={"soak": str(n)})
+            with self.lock:
+                self.jobs[job.id] = (time.monotonic(), size)
+
+    def poller(self, rate: float) -> None:
+        rng = random.Random()
+        while not self.stop.is_set():
+            with self.lock:
+                ids = list(self.jobs)
+            if ids:
+                job_id = rng.choice(ids)
+                t = time.perf_counter()
+                job = self.client.status(job_id)
+                took = time.perf_counter() - t
+                with self.lock:
+                    self.polls.append(took * 1000)
+                    if job.status.terminal and job_id not in self.done:
+                        self.done[job_id] = time.monotonic()
+            self.stop.wait(1.0 / rate)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--min-seconds", type=float, default=300)
+    parser.add_argument("--max-seconds", type=float, default=2400)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--submitters", type=int, default=20)
+    parser.add_argument("--polls-per-s", type=float, default=200)
+    parser.add_argument("--max-active", type=int, default=40, help="jobs in flight at most")
+    parser.add_argument("--blobs", choices=["local", "s3"], default="local")
+    args = parser.parse_args()
+
+    home = Path(f"/tmp/bemq-soak-{uuid.uuid4().hex[:8]}")
+    redis = services.redis_client()
+    prefix = f"bemqsoak-{uuid.uuid4().hex[:8]}:"
+    pg = services.create_database()
+    moto = services.MotoServer() if args.blobs == "s3" else None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEMQ_")}
+    env.update(BEMQ_HOME=str(home), BEMQ_BROKER_URL=services.REDIS_URL,
+               BEMQ_REDIS_PREFIX=prefix, BEMQ_DATABASE_URL=pg, BEMQ_DB_POOL_SIZE="16",
+               BEMQ_RECONCILE_INTERVAL="10")
+    if moto is not None:
+        env.update(BEMQ_BLOB_URL=f"s3://soak-{uuid.uuid4().hex[:8]}/d",
+                   BEMQ_S3_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="soak",
+                   AWS_SECRET_ACCESS_KEY="soak", AWS_DEFAULT_REGION="us-east-1")
+        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+    cfg = Settings(**{k[5:].lower(): v for k, v in env.items() if k.startswith("BEMQ_")})
+    if moto is not None:
+        from ops.blobs.s3 import S3Blobs
+
+        S3Blobs(cfg.blobs_url.split("/")[2], endpoint_url=moto.url).ensure_bucket()
+    workers = [LocalWorker(env, home / f"gpu{n}.log") for n in range(args.workers)]
+    ops = LocalWorker(env, home / "ops.log", queues="ops", extra=("--beat",))
+    try:
+        with Client(cfg) as client:
+            for w in [*workers, ops]:
+                w.start()
+            for w in [*workers, ops]:
+                w.wait_ready(client.store)
+            soak = Soak(args, client)
+            threads = [threading.Thread(target=soak.submitter, args=(n,))
+                       for n in range(args.submitters)]
+            pollers = [threading.Thread(target=soak.poller, args=(args.polls_per_s / 4,))
+                       for _ in range(4)]
+            for t in [*threads, *pollers]:
+                t.start()
+            rss_start: list[float] | None = None
+            while True:
+                time.sleep(1)
+                with soak.lock:
+                    submitted, finished = len(soak.jobs), len(soak.done)
+                if rss_start is None and finished:
+                    rss_start = [rss_mb(w.pid) for w in workers]
+                elapsed = time.monotonic() - soak.start
+                print(f"\r{elapsed:6.0f}s  jobs submitted {submitted}  finished {finished}",
+                      end="", file=sys.stderr)
+                if soak.enough() and not any(t.is_alive() for t in threads) \
+                        and finished >= submitted:
+                    break
+                if elapsed > args.max_seconds + 600:
+                    raise TimeoutError("soak did not drain within its time bound")
+            soak.stop.set()
+            for t in pollers:
+                t.join()
+            rss_end = [rss_mb(w.pid) for w in workers]
+            wall = time.monotonic() - soak.start
+            print(file=sys.stderr)
+
+            submitted_items = sum(size for _, size in soak.jobs.values())
+            accounted = duplicates = 0
+            for job_id in soak.jobs:
+                seen = Counter(line["custom_id"] for line in client.results(job_id))
+                seen.update(line["custom_id"] for line in client.errors(job_id))
+                accounted += len(seen)
+                duplicates += sum(c - 1 for c in seen.values())
+            completion = [soak.done[j] - t0 for j, (t0, _) in soak.jobs.items()]
+    finally:
+        for w in [*workers, ops]:
+            w.stop()
+        if moto is not None:
+            moto.stop()
+        services.drop_database(pg)
+        services.drop_prefix(redis, prefix)
+
+    figures = {
+        "wall_s": round(wall, 1), "workers": args.workers, "submitters": args.submitters,
+        "blobs": args.blobs, "jobs": len(soak.jobs),
+        "items_submitted": submitted_items, "items_accounted": accounted,
+        "duplicates": duplicates, "items_per_s": round(submitted_items / wall, 1),
+        "job_p50_completion_s": round(percentile(completion, 0.5), 2),
+        "job_p95_completion_s": round(percentile(completion, 0.95), 2),
+        "status_polls": len(soak.polls),
+        "status_polls_per_s": round(len(soak.polls) / wall, 1),
+        "status_poll_p50_ms": round(percentile(soak.polls, 0.5), 2),
+        "status_poll_p95_ms": round(percentile(soak.polls, 0.95), 2),
+        "worker_rss_start_mb": [round(x, 1) for x in rss_start or []],
+        "worker_rss_end_mb": [round(x, 1) for x in rss_end],
+        "worker_rss_growth_mb": round(sum(rss_end) - sum(rss_start or rss_end), 1),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    return 0 if accounted == submitted_items and duplicates == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
