@@ -117,7 +117,8 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEMQ_")}
     env.update(BEMQ_HOME=str(home), BEMQ_BROKER_URL=services.REDIS_URL,
                BEMQ_REDIS_PREFIX=prefix, BEMQ_DATABASE_URL=pg, BEMQ_DB_POOL_SIZE="16",
-               BEMQ_RECONCILE_INTERVAL="10")
+               BEMQ_RECONCILE_INTERVAL="10",
+               BEMQ_TORCH_THREADS=str(max(1, (os.cpu_count() or 1) // args.workers)))
     if moto is not None:
         env.update(BEMQ_BLOB_URL=f"s3://soak-{uuid.uuid4().hex[:8]}/d",
                    BEMQ_S3_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="soak",

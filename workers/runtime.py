@@ -53,6 +53,8 @@ class Runtime:
 
     @functools.cached_property
     def model(self) -> torch.nn.Module:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         module_name, _, class_name = self.settings.model_class.partition(":")
         cls = getattr(importlib.import_module(module_name), class_name)
         return cls.from_pretrained(self.files.root).to(self.device)
