@@ -145,8 +145,12 @@ def main() -> int:
             for t in [*threads, *pollers]:
                 t.start()
             rss_start: list[float] | None = None
+            rss_samples: list[tuple[float, float]] = []
             while True:
                 time.sleep(1)
+                if int(time.monotonic() - soak.start) % 30 == 0:
+                    rss_samples.append((round(time.monotonic() - soak.start),
+                                        round(sum(rss_mb(w.pid) for w in workers), 1)))
                 with soak.lock:
                     submitted, finished = len(soak.jobs), len(soak.done)
                 if rss_start is None and finished:
@@ -196,6 +200,7 @@ def main() -> int:
         "worker_rss_start_mb": [round(x, 1) for x in rss_start or []],
         "worker_rss_end_mb": [round(x, 1) for x in rss_end],
         "worker_rss_growth_mb": round(sum(rss_end) - sum(rss_start or rss_end), 1),
+        "worker_rss_total_mb_over_time": rss_samples,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2) + "\n")

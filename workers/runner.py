@@ -50,6 +50,7 @@ def run(rt: Runtime, job_id: str, seq: int) -> str:
         with _lease_kept(rt, mb):
             results = embed_items(rt.embed, mb.items)
         first = _write_and_complete(rt, mb, results, dead=False)
+        rt.release_memory()
     if first:
         finalize(rt.store, rt.blobs, job_id)
     return claim.outcome.value
