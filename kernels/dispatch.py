@@ -1,31 +1,30 @@
 """Pick the implementation per call: the fused Triton kernel for CUDA tensors, the torch
-reference elsewhere. `BEMQ_KERNELS=triton|reference|auto` forces one (auto by default);
-`triton` on CPU tensors runs only under TRITON_INTERPRET=1."""
+reference elsewhere. `set_mode("triton" | "reference")` forces one (the worker passes the
+`BEMQ_KERNELS` setting); `triton` on CPU tensors runs only under TRITON_INTERPRET=1."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 
 from kernels import reference
 
-_CHOICES = ("auto", "triton", "reference")
+MODES = ("auto", "triton", "reference")
+_mode = "auto"
 
 
-def mode() -> str:
-    value = os.environ.get("BEMQ_KERNELS", "auto")
-    if value not in _CHOICES:
-        raise ValueError(f"BEMQ_KERNELS: expected one of {_CHOICES}, got {value!r}")
-    return value
+def set_mode(mode: str) -> None:
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"kernel mode must be one of {MODES}, got {mode!r}")
+    _mode = mode
 
 
 def uses_triton(x: torch.Tensor) -> bool:
-    chosen = mode()
-    if chosen == "reference":
+    if _mode == "reference":
         return False
-    if chosen == "triton":
+    if _mode == "triton":
         return True
     return x.is_cuda
 

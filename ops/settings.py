@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     model_class: str = "workers.encoder:BertEncoder"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(0, ge=0)
+    kernels: Literal["auto", "triton", "reference"] = "auto"
     max_batch_tokens: int = Field(8192, ge=16)
     max_batch_size: int = Field(256, ge=1)
     max_lines: int = Field(50_000, ge=1)

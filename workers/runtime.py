@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from kernels import dispatch
 from ops import metrics
 from ops.blobs import Blobs, open_blobs
 from ops.models import ModelFiles, model_files
@@ -68,6 +69,7 @@ class Runtime:
     def model(self) -> torch.nn.Module:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
+        dispatch.set_mode(self.settings.kernels)
         module_name, _, class_name = self.settings.model_class.partition(":")
         cls = getattr(importlib.import_module(module_name), class_name)
         return cls.from_pretrained(self.files.root).to(self.device)

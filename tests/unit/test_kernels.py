@@ -75,3 +75,21 @@ def test_reference_is_the_formula_row_by_row() -> None:
         rows.append(gam[seq[t]] * y + bet[seq[t]])  # type: ignore[index]
     # The reference accumulates in fp32 by specification, hence fp32-level agreement.
     assert torch.allclose(reference.bem_linear(**inputs), torch.stack(rows), atol=1e-5)
+
+
+def test_dispatch_mode_is_forced_by_the_setting() -> None:
+    """`reference` never uses Triton, `triton` always does, `auto` follows the device."""
+    from kernels import dispatch
+
+    x = torch.zeros(1, 1)
+    try:
+        dispatch.set_mode("reference")
+        assert dispatch.bem_linear_impl(x) is reference.bem_linear
+        dispatch.set_mode("triton")
+        assert dispatch.bem_linear_impl(x) is triton_bem.bem_linear
+        dispatch.set_mode("auto")
+        assert dispatch.uses_triton(x) is x.is_cuda
+        with pytest.raises(ValueError, match="kernel mode"):
+            dispatch.set_mode("cuda")
+    finally:
+        dispatch.set_mode("auto")
