@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench check-kernels lint clean
+.PHONY: install demo test test-fast bench soak check-kernels lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ bench: install
 	mkdir -p bench-results
 	$(PY) bench/pipeline.py --json bench-results/pipeline.json
 	$(PY) bench/kernels.py --json bench-results/kernels.json
+
+soak: install
+	mkdir -p bench-results
+	$(PY) bench/soak.py --json bench-results/soak.json
 
 check-kernels: install
 	$(PY) -m kernels.check --tol 1e-3
