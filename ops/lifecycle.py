@@ -72,17 +72,13 @@ def reconcile(store: Store, blobs: Blobs, send: Callable[[Sequence[tuple[str, in
     """One pass of `jobs.reconcile`: expire jobs past their window, re-send micro-batches whose
     message may be lost (queued too long, or lease expired), and finish jobs left unfinalised
     (a worker died between its last completion and the output files)."""
-    now = time.time()
-    expired = 0
-    for job in store.jobs_in((JobStatus.IN_PROGRESS,)):
-        if job.expires_at is not None and job.expires_at < now and store.expire(job.id):
-            expired += 1
+    expired = sum(store.expire(job_id) for job_id in store.overdue_jobs(time.time()))
     stale = store.stale_micro_batches(requeue_after)
     if stale:
         send(stale)
         store.mark_enqueued(stale)
     finalized = 0
-    for job in store.jobs_in(ACTIVE):
-        if finalize(store, blobs, job.id) is not None:
+    for job_id in store.finishable_jobs(ACTIVE):
+        if finalize(store, blobs, job_id) is not None:
             finalized += 1
     return {"requeued": len(stale), "expired": expired, "finalized": finalized}

@@ -162,7 +162,7 @@ class Runtime:
                 try:
                     self.store.heartbeat(self.name, os.getpid(), queues, device)
                 except Exception as exc:  # the store may be restarting; say so and keep going
-                    print(f"bemq worker heartbeat failed: {exc}", flush=True)
+                    log.warning("heartbeat failed: %s", exc)
                 stop.wait(self.settings.heartbeat_seconds)
 
         threading.Thread(target=beat, name="bemq-heartbeat", daemon=True).start()

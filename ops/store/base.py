@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ops.store.rows import FILE_COLUMNS, JOB_COLUMNS, file_from_row, job_from_row
 from schemas.adapters import AdapterRecord
@@ -78,28 +78,23 @@ class Claim:
     micro_batch: MicroBatch | None = None
 
 
-class Cursor(abc.ABC):
-    """The slice of a DB-API cursor this module uses, with `?` placeholders on both back-ends."""
+class Cursor(Protocol):
+    """The slice of a DB-API cursor this module uses, with `?` placeholders on both back-ends
+    (sqlite3's own cursor; a thin psycopg wrapper)."""
 
-    @abc.abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
 
-    @abc.abstractmethod
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
-    @abc.abstractmethod
     def fetchone(self) -> tuple[Any, ...] | None: ...
 
-    @abc.abstractmethod
     def fetchall(self) -> list[tuple[Any, ...]]: ...
 
     @property
-    @abc.abstractmethod
     def rowcount(self) -> int: ...
 
 
 class Store(abc.ABC):
-    dialect: str
     label: str
     retry_seconds: float = 30.0
 
@@ -234,18 +229,21 @@ class Store(abc.ABC):
 
     @retried
     def cancel_job(self, job_id: str) -> bool:
-        """Mark a running job cancelling and skip its queued micro-batches; running ones finish."""
-        moved = self.set_status(
-            job_id, JobStatus.CANCELLING,
-            only_from=(JobStatus.VALIDATING, JobStatus.IN_PROGRESS),
-        )
-        if moved:
-            with self.tx() as cur:
-                cur.execute(
-                    "UPDATE micro_batches SET state = ? WHERE job_id = ? AND state = ?",
-                    (MicroBatchState.SKIPPED.value, job_id, MicroBatchState.QUEUED.value),
-                )
-        return moved
+        """Mark a running job cancelling and skip its queued micro-batches, in one transaction;
+        running ones finish."""
+        with self.tx() as cur:
+            cur.execute(
+                "UPDATE jobs SET status = ?, cancelling_at = ? WHERE id = ? AND status IN (?, ?)",
+                (JobStatus.CANCELLING.value, int(time.time()), job_id,
+                 JobStatus.VALIDATING.value, JobStatus.IN_PROGRESS.value),
+            )
+            if cur.rowcount != 1:
+                return False
+            cur.execute(
+                "UPDATE micro_batches SET state = ? WHERE job_id = ? AND state = ?",
+                (MicroBatchState.SKIPPED.value, job_id, MicroBatchState.QUEUED.value),
+            )
+        return True
 
     @retried
     def open_micro_batches(self, job_id: str) -> int:
@@ -288,14 +286,28 @@ class Store(abc.ABC):
         return True
 
     @retried
-    def jobs_in(self, statuses: Sequence[JobStatus]) -> list[Job]:
-        marks = ", ".join("?" for _ in statuses)
+    def overdue_jobs(self, now: float) -> list[str]:
+        """Ids of in-progress jobs past their completion window, not yet expired."""
         with self.tx() as cur:
             rows = cur.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ({marks})",
-                [s.value for s in statuses],
+                "SELECT id FROM jobs WHERE status = ? AND expires_at < ? AND expired_at IS NULL",
+                (JobStatus.IN_PROGRESS.value, now),
             ).fetchall()
-        return [job_from_row(r) for r in rows]
+        return [r[0] for r in rows]
+
+    @retried
+    def finishable_jobs(self, statuses: Sequence[JobStatus]) -> list[str]:
+        """Ids of jobs in `statuses` with no micro-batch left queued or running."""
+        marks = ", ".join("?" for _ in statuses)
+        open_marks = ", ".join("?" for _ in OPEN_STATES)
+        with self.tx() as cur:
+            rows = cur.execute(
+                f"SELECT id FROM jobs j WHERE status IN ({marks}) AND NOT EXISTS ("
+                f"SELECT 1 FROM micro_batches mb WHERE mb.job_id = j.id "
+                f"AND mb.state IN ({open_marks}))",
+                [*(s.value for s in statuses), *OPEN_STATES],
+            ).fetchall()
+        return [r[0] for r in rows]
 
     # -- micro-batches -------------------------------------------------------------------
     @retried

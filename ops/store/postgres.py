@@ -42,7 +42,6 @@ class _Cursor:
 
 
 class PostgresStore(Store):
-    dialect = "postgres"
     label = "PostgreSQL"
 
     def __init__(self, url: str, *, pool_size: int = 8, retry_seconds: float = 30.0) -> None:

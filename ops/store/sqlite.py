@@ -14,7 +14,6 @@ from ops.store.base import Store, TransientStoreError
 
 
 class SqliteStore(Store):
-    dialect = "sqlite"
     label = "SQLite"
 
     def __init__(self, url: str, *, retry_seconds: float = 30.0) -> None:

@@ -97,6 +97,8 @@ def test_cancel_skips_queued_and_running_finish(store: Store) -> None:
     store.claim("batch_1", 0, "w", 60, 3)
     assert store.cancel_job("batch_1") is True
     assert store.cancel_job("batch_1") is False
+    job = store.get_job("batch_1")
+    assert job.status == JobStatus.CANCELLING and job.cancelling_at is not None  # type: ignore[union-attr]
     assert store.micro_batch_summary("batch_1") == {"running": 1, "skipped": 1}
     assert store.claim("batch_1", 1, "w", 60, 3).outcome == ClaimOutcome.DONE
     assert store.complete("batch_1", 0, 2, 0) is True
@@ -158,3 +160,21 @@ def test_files_and_heartbeats(store: Store) -> None:
     assert [w["name"] for w in store.live_workers(10)] == ["w1"]
     store.forget_worker("w1")
     assert store.live_workers(10) == []
+
+
+def test_reconcile_queries_find_exactly_the_jobs_to_act_on(store: Store) -> None:
+    """overdue_jobs: in progress past expires_at, once; finishable_jobs: no open micro-batch."""
+    new_job(store, "batch_1")
+    new_job(store, "batch_2")
+    with store.tx() as cur:
+        cur.execute("UPDATE jobs SET expires_at = ? WHERE id = ?", (10, "batch_1"))
+        cur.execute("UPDATE jobs SET expires_at = ? WHERE id = ?", (10**12, "batch_2"))
+    assert store.overdue_jobs(now=1000) == ["batch_1"]
+    assert store.expire("batch_1") is True
+    assert store.overdue_jobs(now=1000) == []
+    assert store.finishable_jobs((JobStatus.IN_PROGRESS,)) == ["batch_1"]  # all skipped
+    for seq in (0, 1):
+        store.claim("batch_2", seq, "w", 60, 3)
+        assert store.finishable_jobs((JobStatus.IN_PROGRESS,)) == ["batch_1"]
+        store.complete("batch_2", seq, 2, 0)
+    assert sorted(store.finishable_jobs((JobStatus.IN_PROGRESS,))) == ["batch_1", "batch_2"]
