@@ -41,6 +41,7 @@ from producers.packing import pack, pack_fifo, padding_efficiency
 from producers.validate import validate_jsonl
 from schemas.microbatch import Item
 from tests.support import services
+from tests.support.deploy import settings_for
 from workers.runtime import Runtime
 
 console = Console(stderr=True)
@@ -71,7 +72,7 @@ def run_pipeline(texts: list[str], home: Path) -> tuple[float, list[float], int]
                AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                AWS_DEFAULT_REGION="us-east-1")
     os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-    cfg = Settings(**{k[5:].lower(): v for k, v in env.items() if k.startswith("BEMQ_")})
+    cfg = settings_for(env)
     from ops.blobs.s3 import S3Blobs
 
     bucket = cfg.blobs_url.split("/")[2]

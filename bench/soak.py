@@ -29,11 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.settings import Settings
 from producers.client import Client
 from producers.corpus import sentences
 from producers.local_worker import LocalWorker
 from tests.support import services
+from tests.support.deploy import settings_for
 
 
 def rss_mb(pid: int) -> float:
@@ -124,7 +124,7 @@ def main() -> int:
                    BEMQ_S3_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="soak",
                    AWS_SECRET_ACCESS_KEY="soak", AWS_DEFAULT_REGION="us-east-1")
         os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-    cfg = Settings(**{k[5:].lower(): v for k, v in env.items() if k.startswith("BEMQ_")})
+    cfg = settings_for(env)
     if moto is not None:
         from ops.blobs.s3 import S3Blobs
 

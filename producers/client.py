@@ -88,16 +88,17 @@ class Client:
         return obj
 
     def file(self, file_id: str) -> FileObject:
-        found = self.store.get_file(file_id, self.tenant)
-        if found is None:
-            raise NotFound(f"no file {file_id!r}")
-        return found[0]
+        return self._file(file_id)[0]
 
     def file_content(self, file_id: str) -> bytes:
+        return self.blobs.get(self._file(file_id)[1])
+
+    def _file(self, file_id: str) -> tuple[FileObject, str]:
+        """This tenant's file and the blob key of its bytes; another tenant's is not found."""
         found = self.store.get_file(file_id, self.tenant)
         if found is None:
             raise NotFound(f"no file {file_id!r}")
-        return self.blobs.get(found[1])
+        return found
 
     # -- adapters ------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | os.PathLike[str]) -> AdapterRecord:
@@ -127,9 +128,7 @@ class Client:
             raise ValueError(f"endpoint: only {ENDPOINT_EMBEDDINGS} is served, got {endpoint!r}")
         if completion_window not in COMPLETION_WINDOWS:
             raise ValueError(f"completion_window: expected one of {sorted(COMPLETION_WINDOWS)}")
-        found = self.store.get_file(input_file_id, self.tenant)
-        if found is None:
-            raise NotFound(f"no file {input_file_id!r}")
+        _, input_key = self._file(input_file_id)
         now = int(time.time())
         job = Job(id=new_job_id(), status=JobStatus.VALIDATING, created_at=now,
                   input_file_id=input_file_id, completion_window=completion_window,
@@ -138,7 +137,7 @@ class Client:
         self.store.create_job(job)
 
         cfg = self.settings
-        check = validate_jsonl(self.blobs.get(found[1]), model=self.model,
+        check = validate_jsonl(self.blobs.get(input_key), model=self.model,
                                served=cfg.model_name, max_lines=cfg.max_lines,
                                max_bytes=cfg.max_file_bytes,
                                known_adapters=frozenset(a.name for a in self.adapters()))
@@ -206,10 +205,8 @@ class Client:
         file_id = getattr(job, field)
         if file_id is None:
             return iter(())
-        found = self.store.get_file(file_id, self.tenant)
-        if found is None:
-            raise NotFound(f"file {file_id!r} of job {job_id} is missing")
-        return (json.loads(line) for line in self.blobs.iter_lines(found[1]) if line)
+        key = self._file(file_id)[1]
+        return (json.loads(line) for line in self.blobs.iter_lines(key) if line)
 
     @staticmethod
     def _input_bytes(items: ItemsLike, model: str) -> tuple[bytes, str]:
