@@ -19,9 +19,14 @@ from kombu import Queue
 from ops.settings import Settings, settings
 from schemas.constants import (
     KEY_BEAT,
+    OPS_TASKS,
     QUEUE_GPU,
     QUEUE_ONLINE,
     QUEUE_OPS,
+    TASK_BACKUP_RUN,
+    TASK_BACKUP_VERIFY,
+    TASK_CANARY_STEP,
+    TASK_DRIFT_CHECK,
     TASK_RECONCILE,
     TASK_RUN_MICRO_BATCH,
 )
@@ -45,16 +50,19 @@ def build(s: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_queues": (Queue(QUEUE_GPU), Queue(QUEUE_ONLINE), Queue(QUEUE_OPS)),
         "task_default_queue": QUEUE_GPU,
-        "task_routes": {
-            TASK_RUN_MICRO_BATCH: {"queue": QUEUE_GPU},
-            TASK_RECONCILE: {"queue": QUEUE_OPS},
-        },
+        # GPU workers consume gpu/online only; every scheduled task goes to ops.
+        "task_routes": {TASK_RUN_MICRO_BATCH: {"queue": QUEUE_GPU},
+                        **{name: {"queue": QUEUE_OPS} for name in OPS_TASKS}},
         # Flower and `celery events` need task events from workers.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
             "jobs.reconcile": {"task": TASK_RECONCILE, "schedule": s.reconcile_interval},
+            "canary.step": {"task": TASK_CANARY_STEP, "schedule": s.canary_interval},
+            "drift.check": {"task": TASK_DRIFT_CHECK, "schedule": s.drift_interval},
+            "backup.run": {"task": TASK_BACKUP_RUN, "schedule": s.backup_interval},
+            "backup.verify": {"task": TASK_BACKUP_VERIFY, "schedule": s.backup_verify_interval},
         },
     }
     conf["result_backend_transport_options"] = dict(conf["broker_transport_options"])
@@ -64,7 +72,7 @@ def build(s: Settings) -> dict[str, Any]:
             beat_scheduler="redbeat.RedBeatScheduler",
             redbeat_redis_url=s.broker_url,
             redbeat_key_prefix=s.redis_prefix + KEY_BEAT,
-            redbeat_lock_timeout=int(max(30, s.reconcile_interval * 5)),
+            redbeat_lock_timeout=int(max(30, min(s.reconcile_interval, s.canary_interval) * 5)),
         )
     return conf
 

@@ -49,11 +49,13 @@ class BEMContext:
     """Per-forward inputs every BEM site shares.
 
     seq_slots (S,) long: each sequence's adapter slot, -1 = base only; mask (S, L): 1 = real token;
-    rank_mask (S, R_max) or None: optional dynamic-rank mask per sequence."""
+    rank_mask (S, R_max) or None: optional dynamic-rank mask per sequence; usage: when given,
+    each site adds its per-slot counts of real tokens by top-1 expert (on the device)."""
 
     seq_slots: torch.Tensor
     mask: torch.Tensor
     rank_mask: torch.Tensor | None = None
+    usage: dict[int, torch.Tensor] | None = None
 
     @property
     def any_adapter(self) -> bool:
@@ -141,6 +143,10 @@ class BEMLinear(nn.Module):
             r = site.routing
             g = dispatch.route_chunks(logits, ctx.mask[rows], chunk=r.chunk, tau=r.tau,
                                       causal=r.causal, top_k=r.top_k)
+            if ctx.usage is not None:
+                top = g.argmax(-1)[ctx.mask[rows].bool()]
+                counts = torch.bincount(top, minlength=site.experts)
+                ctx.usage[slot] = ctx.usage[slot] + counts if slot in ctx.usage else counts
             c = dispatch.expand_gates(g, site.rank).to(x.dtype)
             out[rows, :, : c.shape[-1]] = c
         if ctx.rank_mask is not None:

@@ -26,8 +26,11 @@ class InvalidAdapter(ValueError):
     """The adapter file does not fit the served model, or the name is taken."""
 
 
+PREFIX = "adapters/"
+
+
 def blob_key(name: str) -> str:
-    return f"adapters/{name}.safetensors"
+    return f"{PREFIX}{name}.safetensors"
 
 
 def validate_file(path: Path, model: ModelFiles, served: str) -> AdapterMeta:

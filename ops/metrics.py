@@ -17,6 +17,20 @@ INFERENCE_LATENCY = Histogram("bem_inference_latency_seconds", "Model forward ti
 OOM_SPLITS = Counter("bem_worker_oom_splits", "Forwards split after running out of memory")
 TOKEN_BUDGET = Gauge("bem_worker_token_budget", "Padded tokens this worker puts in one forward")
 MICRO_BATCHES = Counter("bem_micro_batches", "Micro-batch deliveries by outcome", ["outcome"])
+SAFETY_VIOLATIONS = Counter("bem_safety_violations", "Outputs refused as unsafe", ["type"])
+
+# Ops workers.
+CANARY_WEIGHT = Gauge("bem_canary_weight", "Percent of a stable version's items served by its "
+                      "canary", ["stable", "canary"])
+CANARY_DECISIONS = Counter("bem_canary_decisions", "Canary step decisions", ["decision"])
+DRIFT_ALERTS = Counter("bem_drift_alerts", "Drift checks that alerted, by component",
+                       ["component"])
+BACKUP_LAST_SUCCESS = Gauge("bem_backup_last_success_timestamp_seconds",
+                            "When the newest backup was written")
+BACKUP_LAST_VERIFIED = Gauge("bem_backup_last_verify_success_timestamp_seconds",
+                             "When a backup last restored and matched its manifest")
+BACKUP_VERIFY_FAILURES = Counter("bem_backup_verify_failures",
+                                 "Backup verifications that failed")
 
 
 def serve(port: int) -> None:

@@ -45,8 +45,10 @@ class ModelFiles:
             sites[f"layers.{n}.ffn_down"] = (inner, hidden)
         return sites
 
+    @functools.cache  # noqa: B019  (model_files() keeps one ModelFiles per model for good)
     def tokenizer(self, *, truncate: bool) -> Tokenizer:
-        """A fresh tokenizer without padding; with `truncate`, cut to `max_seq_length`."""
+        """The tokenizer without padding; with `truncate`, cutting to `max_seq_length`. One
+        per setting, shared by every caller and thread (encoding does not mutate it)."""
         tok = Tokenizer.from_file(str(self.root / "tokenizer.json"))
         tok.no_padding()
         if truncate:

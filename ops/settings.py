@@ -4,6 +4,7 @@ at start-up. A bad value stops the program with a message that names the variabl
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -62,6 +63,54 @@ class Settings(BaseSettings):
     # Client polling.
     poll_interval: float = Field(0.5, gt=0)
 
+    # Canary weight changes (`canary.step`): schedule, defaults for `bemq canary start`, and the
+    # gates' limits. Output safety: a pooled (pre-normalisation) embedding norm outside
+    # [safety_norm_min, safety_norm_max], or a non-finite value, is a violation.
+    canary_interval: float = Field(60.0, gt=0)
+    canary_steps: str = "5,25,50,100"
+    canary_min_samples: int = Field(200, ge=1)
+    canary_shadow_fraction: float = Field(0.1, ge=0, le=1)
+    canary_min_shadow: int = Field(20, ge=1)
+    canary_max_error_delta: float = Field(0.01, ge=0)
+    canary_max_latency_ratio: float = Field(1.15, gt=0)
+    canary_min_agreement: float = Field(0.9, ge=-1, le=1)
+    canary_confidence: float = Field(0.95, gt=0, lt=1)
+    canary_resamples: int = Field(2000, ge=100)
+    canary_probe_rows: int = Field(8, ge=0)
+    safety_norm_min: float = Field(0.1, ge=0)
+    safety_norm_max: float = Field(1000.0, gt=0)
+
+    # Drift detection (`drift.check`): recent window vs the pinned reference.
+    drift_interval: float = Field(300.0, gt=0)
+    drift_window_seconds: float = Field(3600.0, gt=0)
+    drift_min_samples: int = Field(200, ge=10)
+    drift_alpha: float = Field(0.01, gt=0, lt=1)
+    drift_psi_alert: float = Field(0.1, gt=0)
+    drift_psi_severe: float = Field(0.25, gt=0)
+    drift_min_effect: float = Field(0.1, gt=0, le=1)
+    drift_components: int = Field(10, ge=1)
+    drift_embeddings_per_batch: int = Field(4, ge=0)
+
+    # Online requests (`POST /v1/embeddings`): dynamic batching in the worker, and how many
+    # online forwards in a row may pass a waiting batch-job forward.
+    online_max_queue_delay_ms: float = Field(5.0, ge=0)
+    online_max_batch_tokens: int = Field(4096, ge=16)
+    online_max_batch_size: int = Field(64, ge=1)
+    online_timeout_seconds: float = Field(30.0, gt=0)
+    online_priority_burst: int = Field(4, ge=1)
+    online_batch_forward_tokens: int = Field(1024, ge=16)
+
+    # HTTP gateway limits, per API key and endpoint.
+    rate_limit_per_second: float = Field(20.0, gt=0)
+    rate_limit_burst: int = Field(40, ge=1)
+    http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    # Backups (`backup.run`, `backup.verify`) of the store, adapters and configuration.
+    backup_interval: float = Field(3600.0, gt=0)
+    backup_verify_interval: float = Field(86400.0, gt=0)
+    backup_keep_last: int = Field(24, ge=1)
+    backup_keep_days: float = Field(7.0, ge=0)
+
     @field_validator("broker_url")
     @classmethod
     def _broker_scheme(cls, value: str) -> str:
@@ -84,10 +133,18 @@ class Settings(BaseSettings):
             raise ValueError(f"expected file://PATH or s3://BUCKET/PREFIX, got {value!r}")
         return value
 
+    @field_validator("canary_steps")
+    @classmethod
+    def _steps(cls, value: str) -> str:
+        parse_steps(value)
+        return value
+
     @model_validator(mode="after")
     def _limits(self) -> Settings:
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("BEMQ_TASK_SOFT_TIME_LIMIT must be below BEMQ_TASK_TIME_LIMIT")
+        if self.safety_norm_min >= self.safety_norm_max:
+            raise ValueError("BEMQ_SAFETY_NORM_MIN must be below BEMQ_SAFETY_NORM_MAX")
         return self
 
     @property
@@ -105,6 +162,18 @@ class Settings(BaseSettings):
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
+
+
+def parse_steps(value: str) -> list[float]:
+    """"5,25,50,100" → [5.0, 25.0, 50.0, 100.0]: rising canary weights in percent, ending at 100."""
+    try:
+        steps = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"canary steps must be numbers, got {value!r}") from None
+    rising = all(a < b for a, b in itertools.pairwise(steps))
+    if not steps or steps[-1] != 100 or steps[0] <= 0 or not rising:
+        raise ValueError(f"canary steps must rise within (0, 100] and end at 100: {value!r}")
+    return steps
 
 
 def load_settings() -> Settings:

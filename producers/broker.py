@@ -36,3 +36,9 @@ def send_micro_batches(cfg: Settings, pairs: Sequence[tuple[str, int]]) -> None:
                                             "interval_step": 0.5, "interval_max": 2})
     except Exception as exc:  # kombu raises a variety of connection errors
         raise BrokerUnavailable(f"broker {app.conf.broker_url!r} unreachable: {exc}") from exc
+
+
+def ping_broker(cfg: Settings) -> None:
+    """Connect to the broker once (raises when it is unreachable)."""
+    with producer_app(cfg).connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)

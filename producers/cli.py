@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from producers.cli_ops import COMMANDS, client_for
 from producers.client import Client, InvalidBatch
 
 
@@ -41,15 +42,12 @@ def cli(ctx: click.Context, debug: bool, tenant: str | None) -> None:
     ctx.obj = {"debug": debug, "tenant": tenant}
 
 
-def _client(ctx: click.Context) -> Client:
-    return Client.from_env(tenant=ctx.obj["tenant"])
-
-
 @cli.command()
-@click.option("--queues", default="gpu", show_default=True)
+@click.option("--queues", default="gpu,online", show_default=True,
+              help="gpu (batch jobs), online (/v1/embeddings), ops (scheduled tasks)")
 @click.option("--devices", default="auto", show_default=True,
               help="CUDA device indexes (one process each), or auto")
-@click.option("--concurrency", default=1, show_default=True, help="processes for the ops queue")
+@click.option("--concurrency", default=1, show_default=True, help="threads for the ops queue")
 @click.option("--beat", is_flag=True, help="also run celery beat in this process (one host only)")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(queues: str, devices: str, concurrency: int, beat: bool, loglevel: str) -> None:
@@ -76,7 +74,7 @@ def submit(ctx: click.Context, path: str, metadata: tuple[str, ...], completion_
         if not sep:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--metadata")
         meta[key] = value
-    with _client(ctx) as client:
+    with client_for(ctx) as client:
         job = client.submit_job(path, metadata=meta or None, completion_window=completion_window)
         click.echo(job.id)
         if wait_:
@@ -91,7 +89,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show a job's status, counts, files and errors."""
     from producers.progress import job_table
 
-    with _client(ctx) as client:
+    with client_for(ctx) as client:
         job = client.status(job_id)
     if as_json:
         click.echo(job.model_dump_json(indent=2))
@@ -107,7 +105,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 def wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
     """Wait for a job with a progress bar; exit 0 only if it completed."""
-    with _client(ctx) as client:
+    with client_for(ctx) as client:
         _wait(client, job_id, timeout)
 
 
@@ -131,7 +129,7 @@ def _wait(client: Client, job_id: str, timeout: float | None) -> None:
 @click.pass_context
 def results(ctx: click.Context, job_id: str, output: str, errors: bool) -> None:
     """Write a finished job's output (or error) lines as JSONL."""
-    with _client(ctx) as client:
+    with client_for(ctx) as client:
         lines = client.errors(job_id) if errors else client.results(job_id)
         count = 0
         with click.open_file(output, "w") as fh:
@@ -147,7 +145,7 @@ def results(ctx: click.Context, job_id: str, output: str, errors: bool) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a job: pending micro-batches are skipped, finished lines are kept."""
-    with _client(ctx) as client:
+    with client_for(ctx) as client:
         job = client.cancel(job_id)
     click.echo(f"{job.id} {job.status.value}")
 
@@ -162,7 +160,7 @@ def jobs(ctx: click.Context, limit: int, after: str | None) -> None:
 
     from producers.progress import jobs_table
 
-    with _client(ctx) as client:
+    with client_for(ctx) as client:
         Console().print(jobs_table(client.list(limit=limit, after=after)))
 
 
@@ -177,7 +175,7 @@ def adapters() -> None:
 @click.pass_context
 def adapters_add(ctx: click.Context, name: str, path: str) -> None:
     """Validate an adapter file and store it as version NAME (use model "MODEL:NAME")."""
-    with _client(ctx) as client:
+    with client_for(ctx) as client:
         record = client.add_adapter(name, path)
     click.echo(f"{record.model}:{record.name} sha256={record.sha256[:16]} "
                f"E={record.experts} r={record.rank} {record.bytes} bytes")
@@ -192,7 +190,7 @@ def adapters_list(ctx: click.Context) -> None:
 
     table = Table("model", "experts", "rank", "bytes", "sha256")
     table.add_column("name", no_wrap=True)
-    with _client(ctx) as client:
+    with client_for(ctx) as client:
         for a in client.adapters():
             table.add_row(a.model, str(a.experts), str(a.rank), str(a.bytes), a.sha256[:16],
                           a.name)
@@ -207,6 +205,10 @@ def demo(items: int, home: str) -> None:
     from producers.demo import run_demo
 
     sys.exit(run_demo(items=items, home=home))
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ops import adapters
-from ops.blobs import open_blobs
+from ops.blobs import BlobNotFound, open_blobs
 from ops.keys import file_key, new_file_id, new_job_id
 from ops.lifecycle import finalize
 from ops.models import model_files
@@ -25,6 +25,7 @@ from ops.settings import Settings, load_settings
 from ops.store import open_store
 from producers.broker import BrokerUnavailable, send_micro_batches
 from producers.packing import pack
+from producers.routing import route
 from producers.validate import validate_jsonl
 from schemas.adapters import AdapterRecord
 from schemas.batch import BatchErrors, FileObject, Job, JobStatus
@@ -56,9 +57,16 @@ class NotFinished(RuntimeError):
 
 
 class Client:
-    def __init__(self, cfg: Settings | None = None, *, tenant: str | None = None) -> None:
-        self.settings = cfg or load_settings()
+    def __init__(self, cfg: Settings | None = None, *, tenant: str | None = None,
+                 shared: Client | None = None) -> None:
+        """`shared`: reuse another client's connections (the gateway makes one client per
+        request, for the caller's tenant, over one set of pools)."""
+        self.settings = cfg or (shared.settings if shared else load_settings())
         self.tenant = tenant or self.settings.tenant
+        self._owns = shared is None
+        if shared is not None:
+            self.store, self.blobs, self.model = shared.store, shared.blobs, shared.model
+            return
         self.store = open_store(self.settings.store_url, pool_size=self.settings.db_pool_size,
                                 retry_seconds=self.settings.db_retry_seconds)
         self.store.init()
@@ -71,7 +79,8 @@ class Client:
         return cls(load_settings(), tenant=tenant)
 
     def close(self) -> None:
-        self.store.close()
+        if self._owns:
+            self.store.close()
 
     def __enter__(self) -> Client:
         return self
@@ -91,7 +100,17 @@ class Client:
         return self._file(file_id)[0]
 
     def file_content(self, file_id: str) -> bytes:
-        return self.blobs.get(self._file(file_id)[1])
+        key = self._file(file_id)[1]
+        try:
+            return self.blobs.get(key)
+        except BlobNotFound:  # deleted between the lookup and the read
+            raise NotFound(f"no file {file_id!r}") from None
+
+    def delete_file(self, file_id: str) -> None:
+        """Remove a file's record and bytes (jobs that used it keep their own outputs)."""
+        _, key = self._file(file_id)
+        self.store.delete_file(file_id)
+        self.blobs.delete(key)
 
     def _file(self, file_id: str) -> tuple[FileObject, str]:
         """This tenant's file and the blob key of its bytes; another tenant's is not found."""
@@ -145,7 +164,10 @@ class Client:
             self.store.fail_job(job.id, BatchErrors(data=check.errors))
             raise InvalidBatch(self.status(job.id))
 
-        groups = pack(check.items, cfg.max_batch_tokens, cfg.max_batch_size)
+        # Under a canary rollout, items asking for its stable version are split between the
+        # arms here; mixed arms share micro-batches (one forward serves mixed adapters).
+        items = route(check.items, self.tenant, self.store.routes(), cfg.canary_shadow_fraction)
+        groups = pack(items, cfg.max_batch_tokens, cfg.max_batch_size)
         batches = [MicroBatch(job_id=job.id, seq=seq, state=MicroBatchState.QUEUED, items=g)
                    for seq, g in enumerate(groups)]
         self.store.start_job(job.id, batches, total=len(check.items))

@@ -18,7 +18,7 @@ class WorkerFailed(RuntimeError):
 
 
 class LocalWorker:
-    def __init__(self, env: dict[str, str], log_path: Path, *, queues: str = "gpu",
+    def __init__(self, env: dict[str, str], log_path: Path, *, queues: str = "gpu,online",
                  extra: tuple[str, ...] = ()) -> None:
         self.env = env
         self.log_path = log_path

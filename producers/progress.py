@@ -52,7 +52,7 @@ def job_table(job: Job) -> Table:
                   "expired_at", "cancelling_at", "cancelled_at"):
         value = getattr(job, field)
         if value is not None:
-            rows.append((field, _when(value)))
+            rows.append((field, when(value)))
     if job.errors and job.errors.data:
         rows += [("error", e.message) for e in job.errors.data[:20]]
     for key, value in rows:
@@ -66,11 +66,12 @@ def jobs_table(jobs: list[Job]) -> Table:
     for job in jobs:
         c = job.request_counts
         table.add_row(job.status.value, str(c.completed), str(c.failed), str(c.total),
-                      _when(job.created_at), job.id)
+                      when(job.created_at), job.id)
     return table
 
 
-def _when(ts: int | None) -> str:
+def when(ts: float | None) -> str:
+    """A Unix time as UTC, to the second ("-" for none)."""
     if ts is None:
         return "-"
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
@@ -62,19 +63,32 @@ def validate_jsonl(data: bytes, *, model: ModelFiles, served: str, max_lines: in
                        n, "custom_id")
             continue
         seen[line.custom_id] = n
+        is_known = None if known_adapters is None else known_adapters.__contains__
         try:
-            _, adapter = split_model_name(line.body.model, served)
+            adapter = resolve_adapter(line.body.model, served, is_known)
         except UnknownModel as exc:
             result.add("model_not_found", str(exc), n, "body.model")
-            continue
-        if adapter is not None and known_adapters is not None and adapter not in known_adapters:
-            result.add("model_not_found", f"unknown adapter {adapter!r} in body.model", n,
-                       "body.model")
             continue
         parsed.append((n, line, adapter))
 
     _measure(result, parsed, model)
     return result
+
+
+def resolve_adapter(requested: str, served: str,
+                    is_known: Callable[[str], bool] | None) -> str | None:
+    """The adapter a request's `model` names (None: the base model); `UnknownModel` for
+    another model or, when `is_known` is given, an adapter it does not know."""
+    _, adapter = split_model_name(requested, served)
+    if adapter is not None and is_known is not None and not is_known(adapter):
+        raise UnknownModel(f"unknown adapter {adapter!r}")
+    return adapter
+
+
+def token_lengths(model: ModelFiles, texts: list[str]) -> list[int]:
+    """Word pieces per text, special tokens included (what `max_seq_length` limits)."""
+    encodings = model.tokenizer(truncate=False).encode_batch(texts, add_special_tokens=True)
+    return [len(e.ids) for e in encodings]
 
 
 def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:
@@ -107,13 +121,12 @@ def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:
 def _measure(result: Validation, parsed: list[tuple[int, InputLine, str | None]],
              model: ModelFiles) -> None:
     """Token lengths (special tokens included) for every text, in one tokenizer call."""
-    texts = [t for _, line, _ in parsed for t in line.body.texts]
-    encodings = model.tokenizer(truncate=False).encode_batch(texts, add_special_tokens=True)
+    all_lengths = token_lengths(model, [t for _, line, _ in parsed for t in line.body.texts])
     limit = model.max_seq_length
     pos = 0
     for n, line, adapter in parsed:
         count = len(line.body.texts)
-        lengths = [len(e.ids) for e in encodings[pos:pos + count]]
+        lengths = all_lengths[pos:pos + count]
         pos += count
         too_long = [i for i, length in enumerate(lengths) if length > limit]
         if too_long and not line.body.truncate:

@@ -99,8 +99,8 @@ class BatchErrors(BaseModel):
     data: list[BatchError] = Field(default_factory=list)
 
 
-class Job(BaseModel):
-    """A batch job as the OpenAI Batch object, plus `tenant` and `model` for bemq's own use."""
+class BatchObject(BaseModel):
+    """OpenAI's Batch object: what the HTTP gateway returns."""
 
     id: str
     object: Literal["batch"] = "batch"
@@ -122,10 +122,18 @@ class Job(BaseModel):
     cancelled_at: int | None = None
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     metadata: dict[str, str] | None = None
-    tenant: str = "default"
     model: str | None = None
+
+
+class Job(BatchObject):
+    """A batch job: the OpenAI Batch object plus what bemq keeps for itself."""
+
+    tenant: str = "default"
     micro_batches: int = 0
     dead_micro_batches: int = 0
+
+    def public(self) -> BatchObject:
+        return BatchObject.model_validate(self.model_dump(include=set(BatchObject.model_fields)))
 
 
 class ResponseBody(BaseModel):
@@ -149,11 +157,20 @@ class OutputLine(BaseModel):
     error: LineError | None = None
 
 
-class FileObject(BaseModel):
+class OpenAIFile(BaseModel):
+    """OpenAI's File object: what the HTTP gateway returns."""
+
     id: str
     object: Literal["file"] = "file"
     bytes: int
     created_at: int
     filename: str
     purpose: str
+    status: Literal["processed"] = "processed"
+
+
+class FileObject(OpenAIFile):
     tenant: str = "default"
+
+    def public(self) -> OpenAIFile:
+        return OpenAIFile.model_validate(self.model_dump(include=set(OpenAIFile.model_fields)))

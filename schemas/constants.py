@@ -7,6 +7,12 @@ QUEUE_OPS = "ops"
 
 TASK_RUN_MICRO_BATCH = "bemq.run_micro_batch"
 TASK_RECONCILE = "bemq.jobs.reconcile"
+TASK_CANARY_STEP = "bemq.canary.step"
+TASK_DRIFT_CHECK = "bemq.drift.check"
+TASK_BACKUP_RUN = "bemq.backup.run"
+TASK_BACKUP_VERIFY = "bemq.backup.verify"
+OPS_TASKS = (TASK_RECONCILE, TASK_CANARY_STEP, TASK_DRIFT_CHECK, TASK_BACKUP_RUN,
+             TASK_BACKUP_VERIFY)
 
 # Redis keys live under the configured prefix (setting BEMQ_REDIS_PREFIX, default "bemq:").
 # Celery's own keys get it through kombu's `global_keyprefix`; ours append these suffixes.

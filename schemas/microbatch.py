@@ -7,6 +7,8 @@ import enum
 
 from pydantic import BaseModel
 
+from schemas.canary import Arm
+
 
 class MicroBatchState(enum.StrEnum):
     QUEUED = "queued"
@@ -30,7 +32,13 @@ class Item(BaseModel):
     lengths: list[int]
     truncate: bool = False
     model: str
-    adapter: str | None = None
+    adapter: str | None = None  # the adapter that serves it (after canary routing)
+    # Under a canary rollout: the arm, the canary and its step when the item was routed, and
+    # for a sample of canary items the stable version to compute alongside (shadow).
+    arm: Arm | None = None
+    canary_id: str | None = None
+    canary_step: int | None = None
+    shadow: str | None = None
 
     @property
     def max_length(self) -> int:

@@ -16,11 +16,12 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers")
-    parser.add_argument("--queues", default="gpu", help="comma-separated queues to consume")
+    parser.add_argument("--queues", default="gpu,online",
+                        help="comma-separated queues to consume")
     parser.add_argument("--devices", default="auto",
                         help="CUDA device indexes, e.g. 0,1; 'auto' = all visible (or CPU)")
     parser.add_argument("--concurrency", type=int, default=1,
-                        help="processes for non-GPU queues (ops)")
+                        help="threads for non-GPU queues (ops)")
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--beat", action="store_true", help="embed celery beat (one host only)")
     args = parser.parse_args(argv)
@@ -31,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["CUDA_VISIBLE_DEVICES"] = devices[0]
         return _worker(args)
     procs = []
-    for index in devices:
+    base_port = int(os.environ.get("BEMQ_METRICS_PORT") or 0)
+    for n, index in enumerate(devices):
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=index)
+        if base_port:  # one /metrics per process: BEMQ_METRICS_PORT, +1, +2, ...
+            env["BEMQ_METRICS_PORT"] = str(base_port + n)
         cmd = [sys.executable, "-m", "workers", "--queues", args.queues, "--devices", index,
                "--loglevel", args.loglevel]
         procs.append(subprocess.Popen(cmd, env=env))
@@ -56,7 +60,9 @@ def _worker(args: argparse.Namespace) -> int:
     gpu = "gpu" in args.queues or "online" in args.queues
     argv = ["worker", "-Q", args.queues, "-E", "--loglevel", args.loglevel,
             "-n", f"{args.queues.replace(',', '+')}-{os.getpid()}@%h"]
-    argv += ["-P", "solo"] if gpu else ["-P", "prefork", "-c", str(args.concurrency)]
+    # Ops tasks wait on the store, the blob store and scipy: threads suffice, and keep every
+    # metric they set in the process that serves /metrics.
+    argv += ["-P", "solo"] if gpu else ["-P", "threads", "-c", str(args.concurrency)]
     if args.beat:
         argv.append("-B")
     app.worker_main(argv)

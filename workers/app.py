@@ -2,5 +2,5 @@
 
 from celery import Celery
 
-app = Celery("bemq", include=["workers.tasks"])
+app = Celery("bemq", include=["workers.tasks", "workers.ops"])
 app.config_from_object("celeryconfig")

@@ -77,10 +77,13 @@ class BertEncoder(nn.Module):
                 getattr(layer, site).set_adapters([a[f"layers.{n}.{site}"] for a in adapters])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                adapter_slots: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, tokens) ids and 0/1 mask → (batch, hidden) unit-norm sentence embeddings.
+                adapter_slots: torch.Tensor | None = None, *, normalize: bool = True,
+                usage: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """(batch, tokens) ids and 0/1 mask → (batch, hidden) unit-norm sentence embeddings
+        (`normalize=False`: the mean-pooled vectors, whose norms the worker checks).
 
-        adapter_slots (batch,): each sequence's slot in the installed stack, -1 = base model."""
+        adapter_slots (batch,): each sequence's slot in the installed stack, -1 = base model;
+        usage: filled with top-1 expert token counts per slot (see `BEMContext`)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word(input_ids) + self.position(positions) + self.token_type.weight[0]
         x = self.embed_norm(x)
@@ -88,12 +91,12 @@ class BertEncoder(nn.Module):
         # Additive mask: padded keys get -inf-like scores; shape (batch, 1, 1, tokens).
         mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
         mask = mask.masked_fill(~keep, torch.finfo(x.dtype).min)[:, None, None, :]
-        bem = None if adapter_slots is None else BEMContext(adapter_slots, keep)
+        bem = None if adapter_slots is None else BEMContext(adapter_slots, keep, usage=usage)
         for layer in self.layers:
             x = layer(x, mask, bem)
         weights = keep.unsqueeze(-1).to(x.dtype)
         pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2, dim=1)
+        return F.normalize(pooled, p=2, dim=1) if normalize else pooled
 
 
 def _convert(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:

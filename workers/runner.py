@@ -7,6 +7,7 @@ alone, so it alone lands in the error file and every other item completes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,9 @@ from ops.blobs import BlobsUnavailable
 from ops.keys import request_id, shard_key
 from ops.lifecycle import finalize
 from ops.store import ClaimOutcome, StoreUnavailable
+from schemas.canary import Arm
 from schemas.microbatch import Item, MicroBatch
+from workers import outcomes
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -43,17 +46,47 @@ def run(rt: Runtime, job_id: str, seq: int) -> str:
     if claim.outcome == ClaimOutcome.DEAD:
         reason = (f"micro-batch failed {mb.deliveries - 1} deliveries "
                   f"(limit {cfg.max_deliveries})")
-        results: list[Result] = [(item, reason) for item in mb.items]
-        first = _write_and_complete(rt, mb, results, dead=True)
+        first = _write_and_complete(rt, mb, [(item, reason) for item in mb.items], None)
     else:
         metrics.PADDING_EFFICIENCY.observe(mb.real_tokens / mb.padded_tokens)
         with _lease_kept(rt, mb):
-            results = embed_items(rt.embed, mb.items)
-        first = _write_and_complete(rt, mb, results, dead=False)
+            results, extras = _embed_batch(rt, mb.items)
+        first = _write_and_complete(rt, mb, results, extras)
         rt.release_memory()
     if first:
         finalize(rt.store, rt.blobs, job_id)
     return claim.outcome.value
+
+
+@dataclasses.dataclass
+class Extras:
+    """What a forward yields besides the items' vectors: shadow stable vectors by custom_id,
+    latency probes per arm, and expert usage by adapter."""
+
+    shadows: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    latency: dict[Arm, list[float]] = dataclasses.field(default_factory=dict)
+    usage: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
+def _embed_batch(rt: Runtime, items: list[Item]) -> tuple[list[Result], Extras]:
+    """Embed the items (pooled vectors), and in the same forward the shadow stable rows of
+    canary items sampled for agreement."""
+    extras = Extras()
+    shadow_items = [item.model_copy(update={"adapter": item.shadow, "arm": None,
+                                            "canary_id": None, "shadow": None})
+                    for item in items if item.shadow is not None]
+
+    def embed(texts: list[str], adapters: list[str | None]) -> torch.Tensor:
+        return rt.embed(texts, adapters, normalize=False, usage=extras.usage)
+
+    results = embed_items(embed, [*items, *shadow_items])
+    extras.latency = _latency_probe(rt, items)
+    for item, value in results[len(items):]:
+        if not isinstance(value, str):
+            checked = outcomes.check(value, rt.settings)
+            if checked.vectors is not None:
+                extras.shadows[item.custom_id] = checked.vectors
+    return results[:len(items)], extras
 
 
 def embed_items(embed: Embed, items: Sequence[Item]) -> list[Result]:
@@ -77,28 +110,63 @@ def embed_items(embed: Embed, items: Sequence[Item]) -> list[Result]:
     return out
 
 
-def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result], *, dead: bool) -> bool:
+def _latency_probe(rt: Runtime, items: list[Item]) -> dict[Arm, list[float]]:
+    """Forward seconds of each arm's adapter alone on the same rows, twice in alternating
+    order. The arms share the micro-batch's forward (one kernel serves both), so only forwards
+    of their own tell their costs apart; equal rows make the two directly comparable."""
+    rows = rt.settings.canary_probe_rows
+    names = {item.arm: item.adapter for item in items if item.arm is not None}
+    if not rows or set(names) != set(Arm):
+        return {}
+    texts = [item.texts[0] for item in items if item.canary_id is not None][:rows]
+    out: dict[Arm, list[float]] = {arm: [] for arm in Arm}
+    try:
+        for order in ((Arm.STABLE, Arm.CANARY), (Arm.CANARY, Arm.STABLE)):
+            for arm in order:
+                timings: list[float] = []
+                rt.embed(texts, [names[arm]] * len(texts), timings=timings)
+                out[arm].append(sum(timings))
+    except Exception as exc:  # the items themselves already ran; their outcome is recorded
+        log.warning("latency probe failed: %r", exc)
+        return {}
+    return out
+
+
+def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
+                        extras: Extras | None) -> bool:
+    """Write the shards and complete the micro-batch once; `extras` is None for a dead one
+    (its items never ran)."""
+    cfg = rt.settings
+    dead = extras is None
     ok_lines: list[bytes] = []
     err_lines: list[bytes] = []
+    checked: list[outcomes.Checked | str] = []
+    served: list[torch.Tensor] = []
     for item, value in results:
         rid = request_id(mb.job_id, item.custom_id)
-        outcome = "failed"
-        if isinstance(value, str):
+        result = value if isinstance(value, str) else outcomes.check(value, cfg)
+        checked.append(result)
+        outcomes.record(cfg.model_name, item.adapter, result)
+        if isinstance(result, str):
             code = "micro_batch_dead" if dead else "inference_error"
-            err_lines.append(_error_line(rid, item, code, value))
-        elif not torch.isfinite(value).all():
-            err_lines.append(_error_line(rid, item, "invalid_output", "embedding is not finite"))
+            err_lines.append(_error_line(rid, item, code, result))
+        elif result.vectors is None:
+            assert result.message is not None
+            err_lines.append(_error_line(rid, item, "invalid_output", result.message))
         else:
-            ok_lines.append(_output_line(rid, item, value))
-            outcome = "completed"
-        metrics.ITEMS.labels(rt.settings.model_name, item.adapter or "none", outcome).inc()
+            ok_lines.append(_output_line(rid, item, result.vectors))
+            served.append(result.vectors)
     if ok_lines:
         rt.blobs.put(shard_key(mb.job_id, mb.seq, "out"), b"\n".join(ok_lines) + b"\n")
     if err_lines:
         rt.blobs.put(shard_key(mb.job_id, mb.seq, "err"), b"\n".join(err_lines) + b"\n")
     error = "; ".join(str(v) for _, v in results if isinstance(v, str))[:2000] or None
+    extras = extras or Extras()
+    samples = outcomes.samples(mb.items, checked, extras.shadows, extras.latency)
+    features = [] if dead else outcomes.features(cfg.model_name, mb.items, served,
+                                                  extras.usage, cfg.drift_embeddings_per_batch)
     return rt.store.complete(mb.job_id, mb.seq, len(ok_lines), len(err_lines), dead=dead,
-                             error=error)
+                             error=error, samples=samples, features=features)
 
 
 def _error_line(rid: str, item: Item, code: str, message: str) -> bytes:

@@ -16,6 +16,7 @@ import threading
 import time
 
 import torch
+import torch.nn.functional as F
 
 from kernels import dispatch
 from ops import metrics
@@ -24,6 +25,7 @@ from ops.models import ModelFiles, model_files
 from ops.settings import Settings, settings
 from ops.store import Store, open_store
 from workers.adapters import AdapterCache
+from workers.gate import ForwardGate
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class Runtime:
         self._installed: list[str] = []
         self.token_budget = cfg.max_batch_tokens
         metrics.TOKEN_BUDGET.set(self.token_budget)
+        self.gate = ForwardGate(cfg.online_priority_burst)
 
     @functools.cached_property
     def device(self) -> torch.device:
@@ -81,8 +84,8 @@ class Runtime:
                             self.settings.adapter_cache_bytes)
 
     def _slots(self, adapters: list[str | None]) -> torch.Tensor:
-        """Install the batch's adapters as the model's stack (reused while the set is the
-        same) and return each row's slot, -1 for base-model rows."""
+        """Install the rows' adapters as the model's stack (reused while the set is the same)
+        and return each row's slot, -1 for base-model rows. Called under the gate."""
         names = sorted({a for a in adapters if a is not None})
         if names != self._installed:
             self.model.set_adapters([self.adapters.get(n) for n in names])
@@ -92,13 +95,18 @@ class Runtime:
                             device=self.device)
 
     @torch.inference_mode()
-    def embed(self, texts: list[str], adapters: list[str | None] | None = None) -> torch.Tensor:
+    def embed(self, texts: list[str], adapters: list[str | None] | None = None, *,
+              normalize: bool = True, usage: dict[str, torch.Tensor] | None = None,
+              online: bool = False, timings: list[float] | None = None) -> torch.Tensor:
         """Embed texts, each row through its adapter (None = base); (len(texts), dim) float32
-        on the CPU. Rows go through the model in forwards of at most `token_budget` padded
-        tokens; a forward that runs out of memory is split in half and the budget lowered."""
-        slots = None
-        if adapters is not None and any(a is not None for a in adapters):
-            slots = self._slots(adapters)
+        on the CPU, unit-norm unless `normalize=False` (then the pooled vectors). Rows go
+        through the model in forwards of at most `token_budget` padded tokens, one forward at
+        a time per process (`online` forwards go first, see `ForwardGate`); a forward that
+        runs out of memory is split in half and the budget lowered. `usage`, when given, gains
+        each adapter's top-1 expert token counts; `timings` the seconds of each model forward
+        (without tokenizing or installing adapters)."""
+        names = adapters if adapters is not None and any(a is not None for a in adapters) \
+            else None
         encodings = self.tokenizer.encode_batch(texts)
         width = max(len(e.ids) for e in encodings)
         ids = torch.zeros((len(texts), width), dtype=torch.long)
@@ -106,24 +114,39 @@ class Runtime:
         for row, enc in enumerate(encodings):
             ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
             mask[row, : len(enc.ids)] = 1
-        return self._forward(ids, mask, slots)
+        pooled = self._forward(ids, mask, names, usage, online, timings)
+        return F.normalize(pooled, p=2, dim=1) if normalize else pooled
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor,
-                 slots: torch.Tensor | None) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, names: list[str | None] | None,
+                 usage: dict[str, torch.Tensor] | None, online: bool,
+                 timings: list[float] | None = None) -> torch.Tensor:
         rows, width = ids.shape
-        if rows > 1 and rows * width > self.token_budget:
-            return self._halves(ids, mask, slots)
+        budget = self.token_budget
+        if not online and self.gate.online_recently():
+            budget = min(budget, self.settings.online_batch_forward_tokens)
+        if rows > 1 and rows * width > budget:
+            return self._halves(ids, mask, names, usage, online, timings)
         try:
             if 0 < self.settings.simulate_oom_above_tokens < rows * width:
                 raise torch.OutOfMemoryError(f"simulated: {rows}x{width} tokens")
-            started = time.perf_counter()
-            out = self.model(ids.to(self.device), mask.to(self.device),
-                             None if slots is None else slots.to(self.device))
-            metrics.INFERENCE_LATENCY.labels(self.settings.model_name).observe(
-                time.perf_counter() - started)
+            with self.gate.hold(online):
+                slots = None if names is None else self._slots(names).to(self.device)
+                by_slot: dict[int, torch.Tensor] | None = {} if usage is not None else None
+                started = time.perf_counter()
+                out = self.model(ids.to(self.device), mask.to(self.device), slots,
+                                 normalize=False, usage=by_slot)
+                out = out.float().cpu()
+                if timings is not None:
+                    timings.append(time.perf_counter() - started)
+                for slot, counts in (by_slot or {}).items():
+                    name = self._installed[slot]
+                    assert usage is not None
+                    usage[name] = usage[name] + counts.cpu() if name in usage else counts.cpu()
+                metrics.INFERENCE_LATENCY.labels(self.settings.model_name).observe(
+                    time.perf_counter() - started)
             metrics.BATCH_SIZE.observe(rows)
             metrics.BATCH_TOKENS.observe(rows * width)
-            return out.float().cpu()
+            return out
         except torch.OutOfMemoryError:
             if rows == 1:
                 raise
@@ -134,7 +157,7 @@ class Runtime:
             metrics.TOKEN_BUDGET.set(self.token_budget)
             log.warning("out of memory at %dx%d tokens; token budget now %d",
                         rows, width, self.token_budget)
-            return self._halves(ids, mask, slots)
+            return self._halves(ids, mask, names, usage, online, timings)
 
     def release_memory(self) -> None:
         """Hand freed heap back to the OS after a micro-batch. Batches of ever-different shapes
@@ -144,13 +167,14 @@ class Runtime:
         if _LIBC is not None:
             _LIBC.malloc_trim(0)
 
-    def _halves(self, ids: torch.Tensor, mask: torch.Tensor,
-                slots: torch.Tensor | None) -> torch.Tensor:
+    def _halves(self, ids: torch.Tensor, mask: torch.Tensor, names: list[str | None] | None,
+                usage: dict[str, torch.Tensor] | None, online: bool,
+                timings: list[float] | None) -> torch.Tensor:
         mid = ids.shape[0] // 2
-        return torch.cat([
-            self._forward(ids[:mid], mask[:mid], None if slots is None else slots[:mid]),
-            self._forward(ids[mid:], mask[mid:], None if slots is None else slots[mid:]),
-        ])
+        first = None if names is None else names[:mid]
+        second = None if names is None else names[mid:]
+        return torch.cat([self._forward(ids[:mid], mask[:mid], first, usage, online, timings),
+                          self._forward(ids[mid:], mask[mid:], second, usage, online, timings)])
 
     def start_heartbeat(self, queues: str) -> threading.Event:
         """Record this worker as alive every `heartbeat_seconds` until the event is set."""

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Sequence
 
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
+from prometheus_client import REGISTRY
 
 from ops import metrics
+from ops.backup import service as backup
 from ops.blobs import BlobsUnavailable
+from ops.collectors import GpuMemoryCollector, StateCollector
 from ops.lifecycle import reconcile
 from ops.store import StoreUnavailable
-from schemas.constants import QUEUE_GPU, TASK_RECONCILE, TASK_RUN_MICRO_BATCH
+from schemas.constants import (
+    QUEUE_GPU,
+    QUEUE_ONLINE,
+    QUEUE_OPS,
+    TASK_RECONCILE,
+    TASK_RUN_MICRO_BATCH,
+)
 from workers import runner
 from workers.app import app
+from workers.online import OnlineServer
 from workers.runtime import runtime
 
 _heartbeat = None
+_stops: list[threading.Event] = []
 
 
 @app.task(name=TASK_RUN_MICRO_BATCH, bind=True, max_retries=None)
@@ -52,14 +64,26 @@ def _on_ready(sender, **_: object) -> None:  # type: ignore[no-untyped-def]
     global _heartbeat
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
     rt = runtime()
+    gpu = QUEUE_GPU in queues or QUEUE_ONLINE in queues
+    if gpu:
+        REGISTRY.register(GpuMemoryCollector())
+    if QUEUE_OPS in queues:
+        REGISTRY.register(StateCollector(rt.settings, rt.store))
+        newest = backup.manifests(rt.blobs)[:1]
+        if newest:  # so "backup older than its schedule" holds across ops worker restarts
+            metrics.BACKUP_LAST_SUCCESS.set(newest[0].created_at)
     metrics.serve(rt.settings.metrics_port)
-    if QUEUE_GPU in queues:
+    if gpu:
         _ = rt.model  # load before the first message, not during it
+    if QUEUE_ONLINE in queues:
+        _stops.append(OnlineServer(rt).start())
     _heartbeat = rt.start_heartbeat(queues)
 
 
 @worker_shutdown.connect
 def _on_shutdown(**_: object) -> None:
+    for stop in _stops:
+        stop.set()
     if _heartbeat is not None:
         _heartbeat.set()
         runtime().store.forget_worker(runtime().name)

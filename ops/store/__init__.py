@@ -1,4 +1,5 @@
-"""The store: jobs, micro-batches, files and worker heartbeats. The single source of truth.
+"""The store, the single source of truth: jobs, micro-batches, files, adapters, worker
+heartbeats, canaries and drift features.
 
 `open_store(url)` picks the implementation from the URL: `sqlite:///PATH` (embedded default)
 or `postgresql://...` (production, psycopg 3 with a connection pool).
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from ops.store.base import Claim, ClaimOutcome, Store, StoreUnavailable
+from ops.store.base import Claim, ClaimOutcome, Store
+from ops.store.core import StoreUnavailable
 
 
 def open_store(url: str, *, pool_size: int = 8, retry_seconds: float = 30.0) -> Store:

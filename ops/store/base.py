@@ -8,60 +8,26 @@ completion.
 
 from __future__ import annotations
 
-import abc
-import contextlib
 import dataclasses
 import enum
-import functools
 import json
-import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
+from ops.store.canary import CanaryRecords
+from ops.store.core import Cursor, Transactional, retried
+from ops.store.features import Feature, FeatureRecords
+from ops.store.gateway import GatewayRecords
 from ops.store.rows import FILE_COLUMNS, JOB_COLUMNS, file_from_row, job_from_row
 from schemas.adapters import AdapterRecord
 from schemas.batch import STATUS_TIMESTAMP, BatchErrors, FileObject, Job, JobStatus
+from schemas.canary import Sample
 from schemas.microbatch import Item, MicroBatch, MicroBatchState
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 OPEN_STATES = (MicroBatchState.QUEUED.value, MicroBatchState.RUNNING.value)
-
-
-class StoreUnavailable(RuntimeError):
-    """The store could not be reached within the configured retry bound."""
-
-
-class TransientStoreError(RuntimeError):
-    """A connection-level failure (server restart, dropped connection): worth a retry."""
-
-
-def retried(method: Callable[..., T]) -> Callable[..., T]:
-    """Re-run a store method on transient failures with exponential backoff, up to the store's
-    `retry_seconds`. Safe because every method is written to be re-runnable: updates are
-    guarded by the state they expect and inserts ignore a row that is already there."""
-
-    @functools.wraps(method)
-    def wrapper(self: Store, *args: Any, **kwargs: Any) -> T:
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.1
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except (TransientStoreError, StoreUnavailable) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise StoreUnavailable(
-                        f"{self.label} unreachable for {self.retry_seconds:.0f}s: {exc}"
-                    ) from exc
-                log.warning("store call %s failed (%s); retrying in %.1fs",
-                            method.__name__, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    return wrapper
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -78,34 +44,7 @@ class Claim:
     micro_batch: MicroBatch | None = None
 
 
-class Cursor(Protocol):
-    """The slice of a DB-API cursor this module uses, with `?` placeholders on both back-ends
-    (sqlite3's own cursor; a thin psycopg wrapper)."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
-
-    def fetchone(self) -> tuple[Any, ...] | None: ...
-
-    def fetchall(self) -> list[tuple[Any, ...]]: ...
-
-    @property
-    def rowcount(self) -> int: ...
-
-
-class Store(abc.ABC):
-    label: str
-    retry_seconds: float = 30.0
-
-    # -- connection layer (per back-end) -------------------------------------------------
-    @abc.abstractmethod
-    def tx(self) -> contextlib.AbstractContextManager[Cursor]:
-        """A transaction; commits on normal exit, rolls back on an exception."""
-
-    @abc.abstractmethod
-    def close(self) -> None: ...
-
+class Store(CanaryRecords, FeatureRecords, GatewayRecords, Transactional):
     @retried
     def ping(self) -> None:
         with self.tx() as cur:
@@ -159,6 +98,12 @@ class Store(abc.ABC):
                 (job_id, MicroBatchState.DEAD.value),
             ).fetchone()
         return job_from_row(row, dead=dead[0] if dead else 0)
+
+    @retried
+    def job_counts(self) -> dict[str, int]:
+        with self.tx() as cur:
+            rows = cur.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return {r[0]: int(r[1]) for r in rows}
 
     @retried
     def list_jobs(self, tenant: str, after: str | None = None, limit: int = 20) -> list[Job]:
@@ -239,10 +184,7 @@ class Store(abc.ABC):
             )
             if cur.rowcount != 1:
                 return False
-            cur.execute(
-                "UPDATE micro_batches SET state = ? WHERE job_id = ? AND state = ?",
-                (MicroBatchState.SKIPPED.value, job_id, MicroBatchState.QUEUED.value),
-            )
+            _skip_queued(cur, job_id)
         return True
 
     @retried
@@ -279,10 +221,7 @@ class Store(abc.ABC):
             )
             if cur.rowcount != 1:
                 return False
-            cur.execute(
-                "UPDATE micro_batches SET state = ? WHERE job_id = ? AND state = ?",
-                (MicroBatchState.SKIPPED.value, job_id, MicroBatchState.QUEUED.value),
-            )
+            _skip_queued(cur, job_id)
         return True
 
     @retried
@@ -380,9 +319,11 @@ class Store(abc.ABC):
 
     @retried
     def complete(self, job_id: str, seq: int, n_ok: int, n_err: int, *,
-                 dead: bool = False, error: str | None = None) -> bool:
-        """Record a micro-batch's results once. Returns False for a repeated completion, which
-        therefore never moves the job's counters twice."""
+                 dead: bool = False, error: str | None = None,
+                 samples: Sequence[Sample] = (), features: Sequence[Feature] = ()) -> bool:
+        """Record a micro-batch's results once, with its canary samples and drift features in
+        the same transaction. Returns False for a repeated completion, which therefore never
+        moves the job's counters, nor adds samples, twice."""
         state = MicroBatchState.DEAD if dead else MicroBatchState.DONE
         marks = ", ".join("?" for _ in OPEN_STATES)
         with self.tx() as cur:
@@ -398,6 +339,8 @@ class Store(abc.ABC):
                 "UPDATE jobs SET completed = completed + ?, failed = failed + ? WHERE id = ?",
                 (n_ok, n_err, job_id),
             )
+            self._insert_samples(cur, samples)
+            self._insert_features(cur, features)
         return True
 
     @retried
@@ -528,5 +471,14 @@ class Store(abc.ABC):
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
+def _skip_queued(cur: Cursor, job_id: str) -> None:
+    """Mark a job's queued micro-batches skipped (cancelled or expired); running ones finish."""
+    cur.execute(
+        "UPDATE micro_batches SET state = ? WHERE job_id = ? AND state = ?",
+        (MicroBatchState.SKIPPED.value, job_id, MicroBatchState.QUEUED.value),
+    )
+
+
 def _items_json(items: Sequence[Item]) -> str:
-    return json.dumps([i.model_dump(mode="json") for i in items], separators=(",", ":"))
+    return json.dumps([i.model_dump(mode="json", exclude_none=True) for i in items],
+                      separators=(",", ":"))

@@ -1,7 +1,7 @@
 """PostgreSQL back-end for production: psycopg 3 with a connection pool.
 
 A database restart pauses workers and producers instead of failing them: every store call is
-retried with backoff up to `retry_seconds` (see `ops.store.base.retried`); past the bound a
+retried with backoff up to `retry_seconds` (see `ops.store.core.retried`); past the bound a
 `StoreUnavailable` carries the last error.
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ops.store.base import Store, TransientStoreError
+from ops.store.base import Store
+from ops.store.core import TransientStoreError
 
 
 class _Cursor:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ops.store.base import Store, TransientStoreError
+from ops.store.base import Store
+from ops.store.core import TransientStoreError
 
 
 class SqliteStore(Store):

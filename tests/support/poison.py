@@ -23,10 +23,10 @@ class PoisonEncoder(BertEncoder):
         return model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                adapter_slots: torch.Tensor | None = None) -> torch.Tensor:
+                adapter_slots: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
         if (input_ids == self.poison_id).any():
             raise RuntimeError("model cannot embed the poison word")
-        return super().forward(input_ids, attention_mask, adapter_slots)
+        return super().forward(input_ids, attention_mask, adapter_slots, **kw)  # type: ignore[arg-type]
 
 
 class CrashEncoder(BertEncoder):
@@ -42,7 +42,7 @@ class CrashEncoder(BertEncoder):
         return model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                adapter_slots: torch.Tensor | None = None) -> torch.Tensor:
+                adapter_slots: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
         if (input_ids == self.crash_id).any():
             os._exit(70)
-        return super().forward(input_ids, attention_mask, adapter_slots)
+        return super().forward(input_ids, attention_mask, adapter_slots, **kw)  # type: ignore[arg-type]

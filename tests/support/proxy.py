@@ -60,7 +60,7 @@ class TcpProxy:
             while chunk := src.recv(65536):
                 dst.sendall(chunk)
         except OSError:
-            pass
+            pass  # the connection was cut (the point of this proxy) or closed: the pump ends
         finally:
             for sock in (src, dst):
                 with contextlib.suppress(OSError):

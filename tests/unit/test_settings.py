@@ -1,5 +1,7 @@
 """Settings: one typed object, and a bad value names its variable."""
 
+from pathlib import Path
+
 import pytest
 
 from ops.settings import Settings, SettingsError, load_settings
@@ -17,7 +19,9 @@ def test_defaults_are_the_embedded_deployment(monkeypatch: pytest.MonkeyPatch, t
 @pytest.mark.parametrize(
     ("name", "value"),
     [("BEMQ_MAX_BATCH_TOKENS", "lots"), ("BEMQ_BROKER_URL", "kafka://x"),
-     ("BEMQ_DATABASE_URL", "mysql://x"), ("BEMQ_BLOB_URL", "gs://b"), ("BEMQ_DEVICE", "tpu")],
+     ("BEMQ_DATABASE_URL", "mysql://x"), ("BEMQ_BLOB_URL", "gs://b"), ("BEMQ_DEVICE", "tpu"),
+     ("BEMQ_CANARY_STEPS", "50,25,100"), ("BEMQ_CANARY_STEPS", "5,25"),
+     ("BEMQ_CANARY_SHADOW_FRACTION", "2")],
 )
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str,
                                       value: str) -> None:
@@ -31,3 +35,10 @@ def test_time_limits_must_be_ordered() -> None:
     """The soft time limit has to fire before the hard one."""
     with pytest.raises(ValueError, match="BEMQ_TASK_SOFT_TIME_LIMIT"):
         Settings(task_soft_time_limit=900, task_time_limit=600)
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [f"BEMQ_{name.upper()}" for name in Settings.model_fields
+               if f"| `BEMQ_{name.upper()}` |" not in readme]
+    assert not missing

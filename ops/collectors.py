@@ -1,0 +1,87 @@
+"""Gauges read at scrape time from the shared state, exported by the ops worker (one exporter,
+so there are no duplicate series): jobs by status and live workers from the store, queue depth
+from the broker. GPU memory is exported by each GPU worker for its own device."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ops.online import KEY_QUEUE
+from ops.settings import Settings
+from ops.store import Store
+from schemas.batch import JobStatus
+from schemas.constants import QUEUE_GPU, QUEUE_ONLINE, QUEUE_OPS
+
+log = logging.getLogger(__name__)
+
+
+class StateCollector(Collector):
+    def __init__(self, cfg: Settings, store: Store) -> None:
+        self.cfg, self.store = cfg, store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("bem_jobs", "Jobs by status", labels=["status"])
+        try:
+            counts = self.store.job_counts()
+            for status in JobStatus:
+                jobs.add_metric([status.value], counts.get(status.value, 0))
+            yield jobs
+            alive = GaugeMetricFamily("bem_workers_alive", "Workers with a fresh heartbeat, "
+                                      "by queue they consume", labels=["queue"])
+            live = self.store.live_workers(3 * self.cfg.heartbeat_seconds)
+            for queue in (QUEUE_GPU, QUEUE_ONLINE, QUEUE_OPS):
+                alive.add_metric([queue], sum(queue in w["queues"].split(",") for w in live))
+            yield alive
+        except Exception as exc:  # a scrape must not fail because the store is restarting
+            log.warning("store metrics unavailable: %s", exc)
+        depth = GaugeMetricFamily("bem_queue_depth", "Messages waiting in the broker, by queue",
+                                  labels=["queue"])
+        try:
+            for queue, n in queue_depths(self.cfg).items():
+                depth.add_metric([queue], n)
+            yield depth
+        except Exception as exc:
+            log.warning("broker metrics unavailable: %s", exc)
+
+
+def queue_depths(cfg: Settings) -> dict[str, int]:
+    """Waiting messages per Celery queue, and waiting online requests under "online"."""
+    if cfg.embedded_broker:
+        folder = Path(cfg.broker_folder) / "queue"
+        files = [p.name for p in folder.glob("*.msg")] if folder.exists() else []
+        return {q: sum(name.endswith(f".{q}.msg") for name in files)
+                for q in (QUEUE_GPU, QUEUE_ONLINE, QUEUE_OPS)}
+    import redis
+
+    client = redis.Redis.from_url(cfg.broker_url)
+    try:
+        # kombu's Redis transport keeps a list per queue (and per priority: "queue\x06\x16N").
+        out = {}
+        for q in (QUEUE_GPU, QUEUE_OPS):
+            out[q] = sum(int(client.llen(cfg.redis_prefix + name))
+                         for name in (q, *(f"{q}\x06\x16{p}" for p in (3, 6, 9))))
+        out[QUEUE_ONLINE] = int(client.llen(cfg.redis_prefix + KEY_QUEUE))
+        return out
+    finally:
+        client.close()
+
+
+class GpuMemoryCollector(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        g = GaugeMetricFamily("bem_gpu_memory_bytes", "CUDA memory of this worker's device",
+                              labels=["kind"])
+        g.add_metric(["allocated"], torch.cuda.memory_allocated())
+        g.add_metric(["reserved"], torch.cuda.memory_reserved())
+        free, total = torch.cuda.mem_get_info()
+        g.add_metric(["free"], free)
+        g.add_metric(["total"], total)
+        yield g

@@ -1,0 +1,5 @@
+"""The HTTP gateway (`bemq serve`)."""
+
+from producers.http.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,262 @@
+"""The HTTP gateway: OpenAI's Files, Batches and Embeddings APIs over the same `Client` the CLI
+uses, with API keys (one tenant each), per-key rate limits and body size limits.
+
+`bemq serve` runs it under uvicorn; `create_app(settings)` builds it for tests.
+"""
+
+
+import base64
+import math
+import time
+import uuid
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ops import apikeys
+from ops.blobs import BlobsUnavailable
+from ops.models import UnknownModel
+from ops.online import OnlineRequest, open_queue
+from ops.ratelimit import open_limiter
+from ops.settings import Settings, load_settings
+from ops.store import StoreUnavailable
+from producers.client import Client, InvalidBatch, NotFound
+from producers.http import models as m
+from producers.http.errors import (
+    APIError,
+    api_error,
+    documented,
+    error_response,
+    validation_error,
+)
+from producers.http.middleware import BodyLimit, RequestMetrics
+from producers.validate import resolve_adapter, token_lengths
+from schemas.batch import BatchObject, OpenAIFile
+
+
+class Caller:
+    def __init__(self, key_id: str, tenant: str) -> None:
+        self.key_id, self.tenant = key_id, tenant
+
+
+def create_app(cfg: Settings | None = None) -> FastAPI:
+    cfg = cfg or load_settings()
+    base = Client(cfg)
+    limiter = open_limiter(cfg, base.store)
+    queue = open_queue(cfg, base.store)
+    dim = int(base.model.config["hidden_size"])
+    bearer = HTTPBearer(auto_error=False, description="an API key from `bemq keys create`")
+
+    app = FastAPI(title="bemq", version="1.0",
+                  description="OpenAI-compatible Files, Batches and Embeddings APIs.")
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(BodyLimit, default=cfg.http_max_body_bytes,
+                       uploads=cfg.max_file_bytes + 1024 * 1024)
+    app.add_middleware(RequestMetrics)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing errors (unknown path, wrong method) in OpenAI's error shape; a 405 lists
+        every method the path supports."""
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = sorted({meth for r in app.routes if isinstance(r, APIRoute)
+                              and r.path_regex.match(request.url.path) for meth in r.methods})
+            headers["Allow"] = ", ".join(allowed)
+        return error_response(exc.status_code, str(exc.detail), headers=headers,
+                              code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return error_response(404, str(exc), code="not_found")
+
+    @app.exception_handler(StoreUnavailable)
+    @app.exception_handler(BlobsUnavailable)
+    async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(503, f"{type(exc).__name__}: {exc}", kind="server_error",
+                              code="unavailable", headers={"Retry-After": "5"})
+
+    def caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
+                                                  Depends(bearer)]) -> Caller:
+        if creds is None:
+            raise APIError(401, "missing API key: send Authorization: Bearer KEY",
+                           code="invalid_api_key")
+        found = apikeys.owner(base.store, creds.credentials)
+        if found is None:
+            raise APIError(401, "invalid or revoked API key", code="invalid_api_key")
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", request.url.path)
+        wait = limiter.take(f"{found[0]}:{request.method}:{endpoint}")
+        if wait > 0:
+            raise APIError(429, f"rate limit of {cfg.rate_limit_per_second:g}/s for this key "
+                           f"on {request.method} {endpoint}; retry in {wait:.2f}s",
+                           kind="rate_limit_error", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        return Caller(*found)
+
+    Auth = Annotated[Caller, Depends(caller)]
+
+    def client(who: Caller) -> Client:
+        return Client(cfg, tenant=who.tenant, shared=base)
+
+    # -- files -------------------------------------------------------------------------------
+    @app.post("/v1/files", response_model=OpenAIFile, tags=["files"],
+              responses=documented(400, 401, 413, 429))
+    def upload_file(who: Auth, file: Annotated[UploadFile, File()],
+                    purpose: Annotated[Literal["batch"], Form()]) -> OpenAIFile:
+        data = file.file.read(cfg.max_file_bytes + 1)
+        if len(data) > cfg.max_file_bytes:
+            raise APIError(413, f"file: larger than {cfg.max_file_bytes} bytes", param="file",
+                           code="file_too_large")
+        name = (file.filename or "upload.jsonl")[:255]
+        obj = client(who).upload_file(data, name, purpose)
+        return obj.public()
+
+    @app.get("/v1/files/{file_id}", response_model=OpenAIFile, tags=["files"],
+             responses=documented(401, 404, 429))
+    def get_file(who: Auth, file_id: str) -> OpenAIFile:
+        obj = client(who).file(file_id)
+        return obj.public()
+
+    @app.get("/v1/files/{file_id}/content", tags=["files"], response_class=Response,
+             responses={200: {"content": {"application/octet-stream": {}},
+                              "description": "the file's bytes"},
+                        **documented(401, 404, 429)})
+    def file_content(who: Auth, file_id: str) -> Response:
+        return Response(client(who).file_content(file_id),
+                        media_type="application/octet-stream")
+
+    @app.delete("/v1/files/{file_id}", response_model=m.FileDeleted, tags=["files"],
+                responses=documented(401, 404, 429))
+    def delete_file(who: Auth, file_id: str) -> m.FileDeleted:
+        client(who).delete_file(file_id)
+        return m.FileDeleted(id=file_id)
+
+    # -- batches -----------------------------------------------------------------------------
+    @app.post("/v1/batches", response_model=BatchObject, tags=["batches"],
+              responses=documented(400, 401, 404, 429))
+    def create_batch(who: Auth, body: m.BatchIn) -> BatchObject:
+        try:
+            job = client(who).create_batch(body.input_file_id, endpoint=body.endpoint,
+                                           completion_window=body.completion_window,
+                                           metadata=body.metadata)
+        except NotFound as exc:
+            raise APIError(404, f"input_file_id: {exc}", param="input_file_id",
+                           code="not_found") from None
+        except InvalidBatch as exc:
+            raise APIError(400, str(exc).replace("\n", " "), param="input_file_id",
+                           code="invalid_batch_file") from None
+        return job.public()
+
+    @app.get("/v1/batches/{batch_id}", response_model=BatchObject, tags=["batches"],
+             responses=documented(401, 404, 429))
+    def get_batch(who: Auth, batch_id: str) -> BatchObject:
+        return client(who).status(batch_id).public()
+
+    @app.get("/v1/batches", response_model=m.BatchList, tags=["batches"],
+             responses=documented(400, 401, 429))
+    def list_batches(who: Auth, after: Annotated[str | None, Query(max_length=128)] = None,
+                     limit: Annotated[int, Query(ge=1, le=100)] = 20) -> m.BatchList:
+        jobs = client(who).list(limit=limit + 1, after=after)
+        page = [j.public() for j in jobs[:limit]]
+        return m.BatchList(data=page, first_id=page[0].id if page else None,
+                           last_id=page[-1].id if page else None, has_more=len(jobs) > limit)
+
+    @app.post("/v1/batches/{batch_id}/cancel", response_model=BatchObject, tags=["batches"],
+              responses=documented(401, 404, 429))
+    def cancel_batch(who: Auth, batch_id: str) -> BatchObject:
+        return client(who).cancel(batch_id).public()
+
+    # -- embeddings (online) -----------------------------------------------------------------
+    @app.post("/v1/embeddings", response_model=m.EmbeddingsOut, tags=["embeddings"],
+              responses=documented(400, 401, 404, 413, 429, 503))
+    def embeddings(who: Auth, body: m.EmbeddingsIn) -> m.EmbeddingsOut:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        where = (lambda i: "input") if isinstance(body.input, str) else (lambda i: f"input[{i}]")
+        try:
+            adapter = resolve_adapter(body.model, cfg.model_name,
+                                      lambda name: base.store.get_adapter(name) is not None)
+        except UnknownModel as exc:
+            raise APIError(404, f"model: {exc}", param="model", code="model_not_found") from None
+        if body.dimensions is not None and body.dimensions != dim:
+            raise APIError(400, f"dimensions: this model gives {dim}", param="dimensions",
+                           code="invalid_value")
+        lengths = token_lengths(base.model, texts)
+        for i, n in enumerate(lengths):
+            if n > base.model.max_seq_length:
+                raise APIError(400, f"{where(i)}: {n} tokens; the model's limit is "
+                               f"{base.model.max_seq_length}", param=where(i),
+                               code="context_length_exceeded")
+        request = OnlineRequest(id=uuid.uuid4().hex, tenant=who.tenant, model=body.model,
+                                texts=texts, adapter=adapter, lengths=lengths,
+                                enqueued_at=time.time())
+        queue.push(request)
+        result = queue.wait_result(request.id, cfg.online_timeout_seconds)
+        if result is None:
+            raise APIError(503, f"no worker answered within {cfg.online_timeout_seconds:g}s",
+                           kind="server_error", code="timeout", headers={"Retry-After": "5"})
+        if "error" in result:
+            raise APIError(500, result["error"]["message"], kind="server_error",
+                           code=result["error"]["code"])
+        data = [m.Embedding(index=i, embedding=_encode(v, body.encoding_format))
+                for i, v in enumerate(result["embeddings"])]
+        return m.EmbeddingsOut(data=data, model=body.model,
+                               usage=m.Usage(prompt_tokens=result["tokens"],
+                                             total_tokens=result["tokens"]))
+
+    # -- operations --------------------------------------------------------------------------
+    @app.get("/health", response_model=m.Health, tags=["operations"])
+    def health() -> m.Health:
+        return m.Health(status="ok")
+
+    @app.get("/ready", response_model=m.Ready, tags=["operations"],
+             responses={503: {"model": m.Ready, "description": "a dependency is down"},
+                        **documented(401, 429)})
+    def ready(_: Auth) -> JSONResponse:
+        checks = _checks(cfg, base)
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(m.Ready(status="ready" if ok else "not ready",
+                                    checks=checks).model_dump(), status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus"},
+                        **documented(401, 429)})
+    def metrics_endpoint(_: Auth) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return vector
+
+
+def _checks(cfg: Settings, base: Client) -> dict[str, str]:
+    from producers.broker import ping_broker
+
+    checks = {}
+    for name, probe in (("store", base.store.ping), ("blobs", base.blobs.ping),
+                        ("broker", lambda: ping_broker(cfg))):
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"{type(exc).__name__}: {exc}"[:200]
+    try:
+        live = base.store.live_workers(3 * cfg.heartbeat_seconds)
+        serving = [w for w in live if "gpu" in w["queues"] or "online" in w["queues"]]
+        checks["workers"] = "ok" if serving else "no GPU worker alive"
+    except Exception as exc:
+        checks["workers"] = f"{type(exc).__name__}: {exc}"[:200]
+    return checks

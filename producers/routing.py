@@ -1,0 +1,51 @@
+"""Sticky routing of items between a canary's arms.
+
+An item's arm is a pure function of `(tenant, custom_id)` and the current weight: its hash is a
+fixed point in [0, 100), and the item goes to the canary when that point is below the weight.
+Raising the weight therefore only moves items from stable to canary, never back, and a retried
+request lands on the arm it had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+from schemas.canary import Arm, Canary, CanaryState
+from schemas.microbatch import Item
+
+
+def point(tenant: str, custom_id: str, salt: str = "") -> float:
+    """A uniform, stable position in [0, 100) for one item."""
+    digest = hashlib.blake2b(f"{salt}\x1f{tenant}\x1f{custom_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2**64 * 100
+
+
+def arm_for(tenant: str, custom_id: str, weight: float) -> Arm:
+    return Arm.CANARY if point(tenant, custom_id) < weight else Arm.STABLE
+
+
+def route(items: Sequence[Item], tenant: str, routes: Mapping[str, Canary],
+          shadow_fraction: float) -> list[Item]:
+    """Items with their served adapter, arm and canary recorded. Items asking for a version
+    under a running canary are split by weight; a share of the canary arm (by a second,
+    independent hash) also gets a shadow stable computation. After promotion every such item
+    is served by the canary; after a rollback or abort the route is gone."""
+    out = []
+    for item in items:
+        canary = routes.get(item.adapter) if item.adapter is not None else None
+        if canary is None:
+            out.append(item)
+        elif canary.state == CanaryState.PROMOTED:
+            out.append(item.model_copy(update={"adapter": canary.canary}))
+        elif arm_for(tenant, item.custom_id, canary.weight) == Arm.CANARY:
+            shadow = point(tenant, item.custom_id, salt="shadow") < shadow_fraction * 100
+            out.append(item.model_copy(update={
+                "adapter": canary.canary, "arm": Arm.CANARY, "canary_id": canary.id,
+                "canary_step": canary.step, "shadow": canary.stable if shadow else None,
+            }))
+        else:
+            out.append(item.model_copy(update={
+                "arm": Arm.STABLE, "canary_id": canary.id, "canary_step": canary.step,
+            }))
+    return out

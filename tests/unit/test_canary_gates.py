@@ -1,0 +1,84 @@
+"""Canary gates and routing: a healthy canary passes, a broken one fails, noise holds, and an
+item's arm is sticky as the weight rises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ops.canary.gates import Limits, Verdict, evaluate
+from producers.routing import arm_for, route
+from schemas.canary import Arm, Canary, CanaryState, Sample
+from schemas.microbatch import Item
+
+pytestmark = pytest.mark.timeout(120)
+LIMITS = Limits(min_shadow=20, resamples=1000)
+
+
+def samples(arm: Arm, n: int, *, error_rate: float = 0.0, latency: float = 1e-4,
+            agreement: float | None = 0.98, violation: str | None = None,
+            seed: int = 0) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    return [Sample(canary_id="c", step=0, arm=arm, error=bool(rng.random() < error_rate),
+                   violation=violation, latency=float(latency * rng.lognormal(0, 0.1)),
+                   agreement=(float(np.clip(agreement + rng.normal(0, 0.01), -1, 1))
+                              if agreement is not None and arm == Arm.CANARY else None))
+            for _ in range(n)]
+
+
+def verdicts(data: list[Sample]) -> dict[str, Verdict]:
+    return {g.name: g.verdict for g in evaluate(data, LIMITS)}
+
+
+def test_healthy_canary_passes_every_gate() -> None:
+    v = verdicts(samples(Arm.STABLE, 300, seed=1) + samples(Arm.CANARY, 300, seed=2))
+    assert set(v.values()) == {Verdict.PASS}, v
+
+
+def test_failing_canary_fails_its_gates() -> None:
+    broken = samples(Arm.CANARY, 300, error_rate=0.3, latency=2e-4, agreement=0.2,
+                     violation="non_finite", seed=3)
+    v = verdicts(samples(Arm.STABLE, 300, seed=4) + broken)
+    assert v == {"error_rate_delta": Verdict.FAIL, "latency_p50_ratio": Verdict.FAIL,
+                 "safety_violations": Verdict.FAIL, "shadow_agreement": Verdict.FAIL}
+
+
+def test_small_noisy_differences_hold_instead_of_deciding() -> None:
+    """A canary whose error rate might or might not exceed stable's by 1 point: inconclusive."""
+    v = verdicts(samples(Arm.STABLE, 60, error_rate=0.02, seed=5)
+                 + samples(Arm.CANARY, 60, error_rate=0.04, seed=6))
+    assert v["error_rate_delta"] == Verdict.INCONCLUSIVE
+
+
+def test_agreement_waits_for_its_own_minimum() -> None:
+    data = samples(Arm.STABLE, 50) + samples(Arm.CANARY, 50, agreement=None)
+    data += samples(Arm.CANARY, 5, seed=9)
+    assert verdicts(data)["shadow_agreement"] == Verdict.INCONCLUSIVE
+
+
+def test_arm_is_sticky_and_proportional() -> None:
+    ids = [f"id-{i}" for i in range(20_000)]
+    at5 = {i for i in ids if arm_for("t", i, 5) == Arm.CANARY}
+    at25 = {i for i in ids if arm_for("t", i, 25) == Arm.CANARY}
+    assert at5 <= at25  # raising the weight never moves an item back to stable
+    assert abs(len(at5) / len(ids) - 0.05) < 0.01 and abs(len(at25) / len(ids) - 0.25) < 0.015
+    assert at25 != {i for i in ids if arm_for("other", i, 25) == Arm.CANARY}  # per tenant
+
+
+def test_route_records_arm_and_shadow() -> None:
+    canary = Canary(id="c1", model="minilm", stable="v1", canary="v2", steps=[50, 100], step=0,
+                    weight=50, state=CanaryState.RUNNING, min_samples=1, started_at=0,
+                    step_started_at=0)
+    items = [Item(line=i, custom_id=f"x{i}", texts=["a"], lengths=[3], model="minilm:v1",
+                  adapter="v1") for i in range(400)]
+    items.append(Item(line=400, custom_id="base", texts=["a"], lengths=[3], model="minilm"))
+    routed = route(items, "t", {"v1": canary}, shadow_fraction=0.5)
+    arms = [r.arm for r in routed[:400]]
+    assert 150 < arms.count(Arm.CANARY) < 250
+    assert all((r.adapter == "v2") == (r.arm == Arm.CANARY) for r in routed[:400])
+    assert all(r.canary_id == "c1" and r.canary_step == 0 for r in routed[:400])
+    shadows = [r for r in routed if r.shadow]
+    assert shadows and all(r.arm == Arm.CANARY and r.shadow == "v1" for r in shadows)
+    assert routed[400] == items[400]  # other versions are untouched
+    promoted = canary.model_copy(update={"state": CanaryState.PROMOTED, "weight": 100})
+    assert {r.adapter for r in route(items[:400], "t", {"v1": promoted}, 0.5)} == {"v2"}

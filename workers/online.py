@@ -1,0 +1,68 @@
+"""The online server in a GPU worker: a thread that pops dynamically batched `/v1/embeddings`
+requests and answers each, sharing the model with batch jobs through the forward gate (online
+first, batch jobs never starved)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+
+from ops.online import OnlineQueue, OnlineRequest, open_queue
+from workers import outcomes
+from workers.runner import embed_items
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class OnlineServer:
+    def __init__(self, rt: Runtime, queue: OnlineQueue | None = None) -> None:
+        self.rt = rt
+        self.queue = queue or open_queue(rt.settings, rt.store)
+        self.stop = threading.Event()
+
+    def start(self) -> threading.Event:
+        threading.Thread(target=self._loop, name="bemq-online", daemon=True).start()
+        return self.stop
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.serve_once(block=0.5)
+            except Exception:  # a broker or store hiccup: say so, wait a little, go on
+                log.exception("online batch failed")
+                self.stop.wait(1.0)
+
+    def serve_once(self, block: float) -> int:
+        cfg = self.rt.settings
+        batch = self.queue.pop_batch(
+            max_tokens=cfg.online_max_batch_tokens, max_rows=cfg.online_max_batch_size,
+            max_delay=cfg.online_max_queue_delay_ms / 1000, block=block,
+            stale_after=cfg.online_timeout_seconds)
+        if batch:
+            for request, result in zip(batch, self._embed(batch), strict=True):
+                self.queue.put_result(request.id, result)
+        return len(batch)
+
+    def _embed(self, batch: list[OnlineRequest]) -> list[dict]:
+        """Answers in order; a request the model fails on is isolated by the same bisection
+        as batch jobs, so it alone gets an error."""
+        cfg = self.rt.settings
+
+        def embed(texts: list[str], adapters: list[str | None]) -> torch.Tensor:
+            return self.rt.embed(texts, adapters, normalize=False, online=True)
+
+        answers = []
+        for item, value in embed_items(embed, [r.as_item() for r in batch]):
+            result = value if isinstance(value, str) else outcomes.check(value, cfg)
+            if not outcomes.record(cfg.model_name, item.adapter, result):
+                code, message = (("inference_error", result) if isinstance(result, str)
+                                 else ("invalid_output", result.message))
+                answers.append({"error": {"code": code, "message": message}})
+            else:
+                assert not isinstance(result, str) and result.vectors is not None
+                answers.append({"embeddings": result.vectors.tolist(),
+                                "tokens": sum(item.lengths)})
+        return answers
