@@ -73,7 +73,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, moto) -> Iterator[dict]
     client = Client(cfg)
     worker = start_worker(env, client, tmp / "worker.log")
     gateway = Gateway(env, tmp / "gateway.log")
-    limited_env = env | {"BEMQ_RATE_LIMIT_PER_SECOND": "1", "BEMQ_RATE_LIMIT_BURST": "3",
+    # One token per 5 s: five requests fit well inside that even on a loaded machine.
+    limited_env = env | {"BEMQ_RATE_LIMIT_PER_SECOND": "0.2", "BEMQ_RATE_LIMIT_BURST": "3",
                          "BEMQ_MAX_FILE_BYTES": "10000", "BEMQ_HTTP_MAX_BODY_BYTES": "4096"}
     limited = Gateway(limited_env, tmp / "limited.log")
     keys = {t: apikeys.create(client.store, t) for t in ("acme", "globex", "revoked")}

@@ -5,6 +5,7 @@ and the gateway on loopback and answers `bem_items_total` after a job."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,10 @@ def test_flower_shows_workers_and_finished_tasks(deployment: dict) -> None:
     try:
         until(lambda: httpx.get(url + "/healthcheck", timeout=2).status_code == 200, 60,
               "Flower")
-        time.sleep(2)  # Flower subscribes to the event stream before the job's tasks run
+        # A worker's heartbeat reaching Flower shows it receives events before the job runs.
+        until(lambda: re.search(r'flower_worker_online\{worker="gpu\+online-[^"]*"\} 1\.0',
+                                httpx.get(url + "/metrics", timeout=5).text), 60,
+              "Flower receiving worker events")
         run_job(deployment["client"])
         workers = until(lambda: httpx.get(url + "/api/workers?refresh=1", timeout=10).json(),
                         60, "a worker in Flower")
@@ -136,9 +140,13 @@ scrape_configs:
         items = until(lambda: query('sum(bem_items_total{outcome="completed"})'), 60,
                       "bem_items_total in Prometheus")
         assert float(items[0]["value"][1]) >= 31  # 30 batch items and 1 online request
-        up = until(lambda: [r for r in query("up == 1")], 30, "targets up")
-        assert {r["metric"]["job"] for r in up} == {"bemq-gpu-workers", "bemq-ops-worker",
-                                                    "bemq-gateway"}
+        jobs = {"bemq-gpu-workers", "bemq-ops-worker", "bemq-gateway"}
+
+        try:
+            until(lambda: {r["metric"]["job"] for r in query("up == 1")} == jobs, 60,
+                  f"every target up: {sorted(jobs)}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; targets now: {query('up')}") from None
         assert until(lambda: query('bem_requests_total{endpoint="/v1/embeddings",'
                                    'status="200"}'), 30, "gateway request metrics")
         assert until(lambda: query('bem_jobs{status="completed"} >= 1'), 30, "bem_jobs")

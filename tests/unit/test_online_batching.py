@@ -67,14 +67,14 @@ def test_waits_for_more_only_up_to_the_delay() -> None:
     q = MemoryQueue()
     q.push(req(0))
     threading.Timer(0.02, lambda: q.push(req(1))).start()
-    assert [r.id for r in q.pop_batch(max_tokens=10_000, max_rows=64, max_delay=0.1,
+    assert [r.id for r in q.pop_batch(max_tokens=10_000, max_rows=64, max_delay=0.5,
                                       block=0.1, stale_after=30)] == ["0", "1"]
     q.push(req(2))
-    threading.Timer(0.2, lambda: q.push(req(3))).start()
+    threading.Timer(0.6, lambda: q.push(req(3))).start()
     started = time.monotonic()
     assert [r.id for r in q.pop_batch(max_tokens=10_000, max_rows=64, max_delay=0.02,
                                       block=0.1, stale_after=30)] == ["2"]
-    assert time.monotonic() - started < 0.15
+    assert time.monotonic() - started < 0.5
 
 
 def test_stale_requests_are_dropped() -> None:
@@ -97,14 +97,21 @@ def test_gate_serves_online_first_but_never_starves_batch() -> None:
             if kind == "first":
                 release.wait(5)
 
+    def queued(online: int, batch: int) -> None:
+        deadline = time.monotonic() + 5
+        while gate._waiting != {True: online, False: batch}:
+            assert time.monotonic() < deadline, gate._waiting
+            time.sleep(0.001)
+
     threads = [threading.Thread(target=forward, args=("first",))]
     threads[0].start()
-    time.sleep(0.05)  # "first" (a batch forward) holds the gate; others queue behind it
-    for kind in ["batch", "online", "online", "online", "online"]:
+    while not order:  # "first" (a batch forward) holds the gate; others queue behind it
+        time.sleep(0.001)
+    for n, kind in enumerate(["batch", "online", "online", "online", "online"]):
         t = threading.Thread(target=forward, args=(kind,))
         t.start()
         threads.append(t)
-        time.sleep(0.02)
+        queued(online=n, batch=1)
     release.set()
     for t in threads:
         t.join(5)
