@@ -153,18 +153,29 @@ def drift_report(ctx: click.Context, as_json: bool) -> None:
         return
     severity = "SEVERE" if report["severe"] else ("alert" if report["alerts"] else "no drift")
     title = f"{report['id']} at {when(report['at'])} UTC: {report['status']}; {severity}"
-    table = Table("component", "test", "alert", "reference n", "recent n", "numbers",
-                  title=title)
+    table = Table("component\n(test)", "alert", "ref n", "recent n", title=title)
+    table.add_column("numbers", min_width=30, overflow="fold")
     for c in report["components"]:
-        table.add_row(c["component"], c["test"], "YES" if c["alert"] else "no",
+        table.add_row(f"{c['component']}\n({c['test']})", "YES" if c["alert"] else "no",
                       str(c["n_reference"]), str(c["n_recent"]), _numbers(c["numbers"]))
     Console().print(table)
 
 
 def _numbers(numbers: dict[str, Any]) -> str:
-    keep = {k: v for k, v in numbers.items() if not isinstance(v, list | dict)}
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in keep.items())
+    """One line per figure; a component's per-PC or per-adapter detail summarised (the whole
+    of it is in `--json`)."""
+    def fmt(v: object) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = [f"{k}={fmt(v)}" for k, v in numbers.items() if not isinstance(v, list | dict)]
+    if "ks_statistic" in numbers and isinstance(numbers["ks_statistic"], list):
+        lines += [f"flagged PCs={numbers['flagged']}",
+                  f"max ks={fmt(max(numbers['ks_statistic']))}",
+                  f"min p (BH)={fmt(min(numbers['p_adjusted']))}"]
+    for name, a in numbers.get("adapters", {}).items():
+        lines.append(f"{name}: chi2={fmt(a['chi2'])} p={fmt(a['p_value'])} "
+                     f"V={fmt(a['cramers_v'])}")
+    return "\n".join(lines)
 
 
 @drift_group.command("baseline")
