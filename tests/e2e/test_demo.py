@@ -13,7 +13,8 @@ import pytest
 
 @pytest.mark.timeout(300)
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    """The demo embeds 300 sentences on a real worker and stops it cleanly."""
+    """The demo embeds 300 sentences, a third through its adapter, on a real worker and stops
+    it cleanly."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEMQ_")}
     result = subprocess.run(
         [sys.executable, "-m", "producers.cli", "demo", "--items", "300",
@@ -24,6 +25,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = result.stdout
     assert "demo summary" in out and "completed" in out
     assert re.search(r"items\s+│\s+300", out)
+    assert re.search(r"failed\s+│\s+0\s", out)
+    assert re.search(r"300\s+items\s+\(100\s+through\s+minilm:demo-v1\)", out)
     assert re.search(r"padding efficiency\s+│\s+0\.\d+", out)
     assert "embedding[384]" in out
     pid = int(re.search(r"worker pid (\d+)", out).group(1))  # type: ignore[union-attr]
