@@ -76,13 +76,15 @@ def samples(items: Sequence[Item], checked: Sequence[Checked | str],
 def features(model: str, items: Sequence[Item], vectors: Sequence[torch.Tensor],
              usage: dict[str, torch.Tensor], per_batch: int) -> list[Feature]:
     """This micro-batch's drift sample: every text's token length, up to `per_batch` of its
-    output vectors chosen at random, and each adapter's expert counts."""
+    output vectors chosen at random (weighted by how many each stands for, so that a window's
+    read is uniform over outputs), and each adapter's expert counts."""
     out = [Feature(model, "lengths", [n for item in items for n in item.lengths])]
     rows = [row for v in vectors for row in v]
     if rows and per_batch:
         picked = random.sample(rows, min(per_batch, len(rows)))
         out.append(Feature(model, "embeddings", [[round(x, 5) for x in r.tolist()]
-                                                 for r in picked]))
+                                                 for r in picked],
+                           weight=len(rows) / len(picked)))
     out += [Feature(model, "experts", counts.tolist(), adapter=name)
             for name, counts in sorted(usage.items())]
     return out

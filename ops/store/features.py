@@ -1,10 +1,18 @@
 """Drift rows: feature samples that workers write with each completed micro-batch, the pinned
-reference copy per model, and the reports `drift.check` stores."""
+reference copy per model, and the reports `drift.check` stores.
+
+A window is read as a weighted reservoir sample (Efraimidis–Spirakis A-Res): each row gets the
+key u^(1/weight) when written, and the rows with the largest keys in any window are a weighted
+random sample of that window's rows, whatever its size and however many workers wrote it. A row
+that samples k of a micro-batch's n outputs has weight n/k, so every output has the same chance
+of being read, in a batch of 4 short texts or of 256.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +29,10 @@ class Feature:
     kind: str
     data: Any
     adapter: str = ""
+    weight: float = 1.0  # how many items each sampled one stands for
+
+    def sample_key(self) -> float:
+        return random.random() ** (1.0 / self.weight)
 
 
 class FeatureRecords(Transactional):
@@ -30,20 +42,21 @@ class FeatureRecords(Transactional):
             return
         now = time.time()
         cur.executemany(
-            "INSERT INTO features (at, model, kind, adapter, reference, data) "
-            "VALUES (?, ?, ?, ?, 0, ?)",
-            [(now, f.model, f.kind, f.adapter, json.dumps(f.data, separators=(",", ":")))
-             for f in features],
+            "INSERT INTO features (at, model, kind, adapter, reference, sample_key, data) "
+            "VALUES (?, ?, ?, ?, 0, ?, ?)",
+            [(now, f.model, f.kind, f.adapter, f.sample_key(),
+              json.dumps(f.data, separators=(",", ":"))) for f in features],
         )
 
     @retried
     def features(self, model: str, kind: str, *, reference: bool, since: float = 0.0,
                  limit: int = 5000) -> list[tuple[str, Any]]:
-        """(adapter, data) of the newest `limit` samples of a kind, live or reference."""
+        """(adapter, data) of a kind's samples since `since`, live or reference: all of them,
+        or a weighted random `limit` of them (the largest sample keys)."""
         with self.tx() as cur:
             rows = cur.execute(
                 "SELECT adapter, data FROM features WHERE model = ? AND kind = ? AND "
-                "reference = ? AND at >= ? ORDER BY at DESC LIMIT ?",
+                "reference = ? AND at >= ? ORDER BY sample_key DESC LIMIT ?",
                 (model, kind, int(reference), since, limit),
             ).fetchall()
         return [(r[0], json.loads(r[1])) for r in rows]
@@ -56,8 +69,8 @@ class FeatureRecords(Transactional):
         with self.tx() as cur:
             cur.execute("DELETE FROM features WHERE model = ? AND reference = 1", (model,))
             cur.execute(
-                "INSERT INTO features (at, model, kind, adapter, reference, data) "
-                "SELECT at, model, kind, adapter, 1, data FROM features "
+                "INSERT INTO features (at, model, kind, adapter, reference, sample_key, data) "
+                "SELECT at, model, kind, adapter, 1, sample_key, data FROM features "
                 "WHERE model = ? AND reference = 0 AND at >= ?",
                 (model, since),
             )

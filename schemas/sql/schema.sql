@@ -133,6 +133,7 @@ CREATE TABLE IF NOT EXISTS features (
     kind TEXT NOT NULL,
     adapter TEXT NOT NULL,
     reference INTEGER NOT NULL,
+    sample_key DOUBLE PRECISION NOT NULL,  -- u^(1/weight): the top keys are a weighted sample
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS features_window ON features (model, reference, kind, at);

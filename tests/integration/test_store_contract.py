@@ -3,6 +3,7 @@ that keep work from being lost or doubled."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ops.store import ClaimOutcome, Store, open_store
+from ops.store.features import Feature
 from schemas.batch import BatchError, BatchErrors, FileObject, Job, JobStatus
 from schemas.microbatch import Item, MicroBatch, MicroBatchState
 
@@ -178,3 +180,19 @@ def test_reconcile_queries_find_exactly_the_jobs_to_act_on(store: Store) -> None
         assert store.finishable_jobs((JobStatus.IN_PROGRESS,)) == ["batch_1"]
         store.complete("batch_2", seq, 2, 0)
     assert sorted(store.finishable_jobs((JobStatus.IN_PROGRESS,))) == ["batch_1", "batch_2"]
+
+
+def test_feature_window_reads_a_uniform_sample_of_outputs(store: Store) -> None:
+    """Micro-batches of 200 and of 4 outputs each keep 4 vectors; a bounded read of the window
+    still draws outputs uniformly (98 % from the large batches), in the live window and in its
+    pinned copy; reading the newest rows instead would give half from each."""
+    random.seed(3)
+    sampled = [Feature("m", "embeddings", [[1.0 if big else 0.0]] * 4,
+                       weight=(200 if big else 4) / 4) for big in [True, False] * 200]
+    with store.tx() as cur:
+        store._insert_features(cur, sampled)
+    assert store.pin_reference("m", since=0, reason="test") == 400
+    for reference in (False, True):
+        rows = store.features("m", "embeddings", reference=reference, limit=50)
+        vectors = [v[0] for _, data in rows for v in data]
+        assert len(rows) == 50 and sum(vectors) / len(vectors) > 0.9, sum(vectors) / len(vectors)
