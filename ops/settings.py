@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     canary_confidence: float = Field(0.95, gt=0, lt=1)
     canary_resamples: int = Field(2000, ge=100)
     canary_probe_rows: int = Field(8, ge=0)
+    canary_min_probes: int = Field(10, ge=2)
     safety_norm_min: float = Field(0.1, ge=0)
     safety_norm_max: float = Field(1000.0, gt=0)
 

@@ -77,5 +77,8 @@ class Sample(BaseModel):
     arm: Arm
     error: bool
     violation: str | None  # "non_finite" or "norm_out_of_bounds"
-    latency: float | None  # a forward of this arm alone on probe rows (None: not probed)
+    # A paired latency probe, on one canary item per micro-batch: seconds of the canary adapter
+    # alone and of the stable adapter alone on the same rows (None: not probed).
+    latency: float | None
+    stable_latency: float | None = None
     agreement: float | None  # cosine with the shadow stable embedding, sampled items only

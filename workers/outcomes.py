@@ -50,11 +50,11 @@ def record(model: str, adapter: str | None, result: Checked | str) -> bool:
 
 
 def samples(items: Sequence[Item], checked: Sequence[Checked | str],
-            shadows: dict[str, torch.Tensor], latency: dict[Arm, list[float]]) -> list[Sample]:
+            shadows: dict[str, torch.Tensor], probe: tuple[float, float] | None
+            ) -> list[Sample]:
     """A canary sample for every routed item. `checked[i]` is item i's outcome (a string:
     the model failed on it); `shadows` maps custom_id to its shadow stable unit vectors;
-    `latency` holds each arm's probe times, given to that arm's first items one each."""
-    probes = {arm: list(values) for arm, values in latency.items()}
+    `probe` (canary seconds, stable seconds) goes with the first canary item."""
     out = []
     for item, result in zip(items, checked, strict=True):
         if item.canary_id is None or item.arm is None or item.canary_step is None:
@@ -67,9 +67,12 @@ def samples(items: Sequence[Item], checked: Sequence[Checked | str],
         out.append(Sample(
             canary_id=item.canary_id, step=item.canary_step, arm=item.arm, error=not ok,
             violation=result.violation if isinstance(result, Checked) else None,
-            latency=probes[item.arm].pop() if probes.get(item.arm) else None,
+            latency=probe[0] if probe and item.arm == Arm.CANARY else None,
+            stable_latency=probe[1] if probe and item.arm == Arm.CANARY else None,
             agreement=agreement,
         ))
+        if item.arm == Arm.CANARY:
+            probe = None
     return out
 
 

@@ -61,10 +61,10 @@ def run(rt: Runtime, job_id: str, seq: int) -> str:
 @dataclasses.dataclass
 class Extras:
     """What a forward yields besides the items' vectors: shadow stable vectors by custom_id,
-    latency probes per arm, and expert usage by adapter."""
+    the paired latency probe (canary seconds, stable seconds), and expert usage by adapter."""
 
     shadows: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-    latency: dict[Arm, list[float]] = dataclasses.field(default_factory=dict)
+    probe: tuple[float, float] | None = None
     usage: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
@@ -80,7 +80,7 @@ def _embed_batch(rt: Runtime, items: list[Item]) -> tuple[list[Result], Extras]:
         return rt.embed(texts, adapters, normalize=False, usage=extras.usage)
 
     results = embed_items(embed, [*items, *shadow_items])
-    extras.latency = _latency_probe(rt, items)
+    extras.probe = _latency_probe(rt, items)
     for item, value in results[len(items):]:
         if not isinstance(value, str):
             checked = outcomes.check(value, rt.settings)
@@ -110,26 +110,28 @@ def embed_items(embed: Embed, items: Sequence[Item]) -> list[Result]:
     return out
 
 
-def _latency_probe(rt: Runtime, items: list[Item]) -> dict[Arm, list[float]]:
-    """Forward seconds of each arm's adapter alone on the same rows, twice in alternating
-    order. The arms share the micro-batch's forward (one kernel serves both), so only forwards
-    of their own tell their costs apart; equal rows make the two directly comparable."""
+def _latency_probe(rt: Runtime, items: list[Item]) -> tuple[float, float] | None:
+    """(canary, stable) forward seconds of each arm's adapter alone on the same rows, summed
+    over the orders stable-canary and canary-stable. The arms share the micro-batch's forward
+    (one kernel serves both), so only forwards of their own tell their costs apart; the same
+    rows, back to back, make the pair's ratio free of the rows' lengths and of the machine's
+    load at that moment, which differ from one micro-batch to the next."""
     rows = rt.settings.canary_probe_rows
     names = {item.arm: item.adapter for item in items if item.arm is not None}
     if not rows or set(names) != set(Arm):
-        return {}
+        return None
     texts = [item.texts[0] for item in items if item.canary_id is not None][:rows]
-    out: dict[Arm, list[float]] = {arm: [] for arm in Arm}
+    seconds = dict.fromkeys(Arm, 0.0)
     try:
         for order in ((Arm.STABLE, Arm.CANARY), (Arm.CANARY, Arm.STABLE)):
             for arm in order:
                 timings: list[float] = []
                 rt.embed(texts, [names[arm]] * len(texts), timings=timings)
-                out[arm].append(sum(timings))
+                seconds[arm] += sum(timings)
     except Exception as exc:  # the items themselves already ran; their outcome is recorded
         log.warning("latency probe failed: %r", exc)
-        return {}
-    return out
+        return None
+    return seconds[Arm.CANARY], seconds[Arm.STABLE]
 
 
 def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
@@ -162,7 +164,7 @@ def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
         rt.blobs.put(shard_key(mb.job_id, mb.seq, "err"), b"\n".join(err_lines) + b"\n")
     error = "; ".join(str(v) for _, v in results if isinstance(v, str))[:2000] or None
     extras = extras or Extras()
-    samples = outcomes.samples(mb.items, checked, extras.shadows, extras.latency)
+    samples = outcomes.samples(mb.items, checked, extras.shadows, extras.probe)
     features = [] if dead else outcomes.features(cfg.model_name, mb.items, served,
                                                   extras.usage, cfg.drift_embeddings_per_batch)
     return rt.store.complete(mb.job_id, mb.seq, len(ok_lines), len(err_lines), dead=dead,

@@ -28,6 +28,7 @@ def limits(cfg: Settings) -> Limits:
     return Limits(max_error_delta=cfg.canary_max_error_delta,
                   max_latency_ratio=cfg.canary_max_latency_ratio,
                   min_agreement=cfg.canary_min_agreement, min_shadow=cfg.canary_min_shadow,
+                  min_probes=cfg.canary_min_probes,
                   confidence=cfg.canary_confidence, resamples=cfg.canary_resamples)
 
 

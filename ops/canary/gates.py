@@ -28,9 +28,10 @@ class Verdict(enum.StrEnum):
 @dataclasses.dataclass(frozen=True)
 class Limits:
     max_error_delta: float = 0.01  # canary error rate minus stable error rate
-    max_latency_ratio: float = 1.15  # canary p50 ÷ stable p50
+    max_latency_ratio: float = 1.15  # p50 of canary ÷ stable seconds over paired probes
     min_agreement: float = 0.9  # mean cosine of canary vs shadow stable embeddings
     min_shadow: int = 20  # shadow samples needed before the agreement gate can decide
+    min_probes: int = 10  # paired latency probes needed before the latency gate can decide
     confidence: float = 0.95
     resamples: int = 2000
     seed: int = 0
@@ -102,10 +103,6 @@ def _mean_diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean(a, axis=axis) - np.mean(b, axis=axis)
 
 
-def _median_ratio(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.median(a, axis=axis) / np.median(b, axis=axis)
-
-
 def _neg_mean(a: np.ndarray, axis: int = -1) -> np.ndarray:
     return -np.mean(a, axis=axis)
 
@@ -120,12 +117,17 @@ def evaluate(samples: Sequence[Sample], limits: Limits) -> list[Gate]:
             (np.array([s.error for s in canary], float),
              np.array([s.error for s in stable], float)),
             _mean_diff, limits.max_error_delta, limits),
-        _upper_bound_gate(
-            "latency_p50_ratio",
-            (np.array([s.latency for s in canary if s.latency is not None]),
-             np.array([s.latency for s in stable if s.latency is not None])),
-            _median_ratio, limits.max_latency_ratio, limits),
     ]
+    # Each probe timed both adapters on the same rows back to back: its ratio does not depend
+    # on the rows' lengths, and a change in the machine's load hits both of its timings alike.
+    ratios = np.array([s.latency / s.stable_latency for s in canary
+                       if s.latency is not None and s.stable_latency])
+    if len(ratios) < limits.min_probes:
+        gates.append(_too_few("latency_p50_ratio", len(ratios), limits.min_probes,
+                              limits.max_latency_ratio, "paired probes"))
+    else:
+        gates.append(_upper_bound_gate("latency_p50_ratio", (ratios,), np.median,
+                                       limits.max_latency_ratio, limits))
     violations = sum(s.violation is not None for s in canary)
     kinds = sorted({s.violation for s in canary if s.violation is not None})
     gates.append(Gate("safety_violations", Verdict.FAIL if violations else Verdict.PASS,
@@ -133,9 +135,8 @@ def evaluate(samples: Sequence[Sample], limits: Limits) -> list[Gate]:
                       ", ".join(kinds)))
     agreement = np.array([s.agreement for s in canary if s.agreement is not None])
     if len(agreement) < limits.min_shadow:
-        gates.append(Gate("shadow_agreement", Verdict.INCONCLUSIVE, float("nan"), float("nan"),
-                          float("nan"), limits.min_agreement,
-                          f"{len(agreement)}/{limits.min_shadow} shadow samples"))
+        gates.append(_too_few("shadow_agreement", len(agreement), limits.min_shadow,
+                              limits.min_agreement, "shadow samples"))
     else:
         # "mean agreement ≥ limit" is "−mean ≤ −limit": the same one-sided rule, negated.
         g = _upper_bound_gate("shadow_agreement", (agreement,), _neg_mean,
@@ -143,3 +144,8 @@ def evaluate(samples: Sequence[Sample], limits: Limits) -> list[Gate]:
         gates.append(Gate(g.name, g.verdict, -g.estimate, -g.high, -g.low,
                           limits.min_agreement, g.detail))
     return gates
+
+
+def _too_few(name: str, n: int, needed: int, limit: float, what: str) -> Gate:
+    return Gate(name, Verdict.INCONCLUSIVE, float("nan"), float("nan"), float("nan"), limit,
+                f"{n}/{needed} {what}")

@@ -118,12 +118,14 @@ class CanaryRecords(Transactional):
     def samples(self, canary_id: str, step: int) -> list[Sample]:
         with self.tx() as cur:
             rows = cur.execute(
-                "SELECT arm, error, violation, latency, agreement FROM canary_samples "
+                "SELECT arm, error, violation, latency, stable_latency, agreement "
+                "FROM canary_samples "
                 "WHERE canary_id = ? AND step = ?",
                 (canary_id, step),
             ).fetchall()
         return [Sample(canary_id=canary_id, step=step, arm=Arm(r[0]), error=bool(r[1]),
-                       violation=r[2], latency=r[3], agreement=r[4]) for r in rows]
+                       violation=r[2], latency=r[3], stable_latency=r[4], agreement=r[5])
+                for r in rows]
 
     @staticmethod
     def _insert_decision(cur: Cursor, d: DecisionRecord) -> None:
@@ -141,7 +143,7 @@ class CanaryRecords(Transactional):
         now = time.time()
         cur.executemany(
             "INSERT INTO canary_samples (canary_id, step, arm, error, violation, latency, "
-            "agreement, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "stable_latency, agreement, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(s.canary_id, s.step, s.arm.value, int(s.error), s.violation, s.latency,
-              s.agreement, now) for s in samples],
+              s.stable_latency, s.agreement, now) for s in samples],
         )

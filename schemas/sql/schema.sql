@@ -120,6 +120,7 @@ CREATE TABLE IF NOT EXISTS canary_samples (
     error INTEGER NOT NULL,
     violation TEXT,
     latency DOUBLE PRECISION,
+    stable_latency DOUBLE PRECISION,
     agreement DOUBLE PRECISION,
     at DOUBLE PRECISION NOT NULL
 );

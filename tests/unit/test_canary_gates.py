@@ -15,15 +15,24 @@ pytestmark = pytest.mark.timeout(120)
 LIMITS = Limits(min_shadow=20, resamples=1000)
 
 
-def samples(arm: Arm, n: int, *, error_rate: float = 0.0, latency: float = 1e-4,
+def samples(arm: Arm, n: int, *, error_rate: float = 0.0, latency_ratio: float = 1.0,
             agreement: float | None = 0.98, violation: str | None = None,
             seed: int = 0) -> list[Sample]:
+    """Canary samples carry a paired probe: a micro-batch's cost (varying 10× with its rows'
+    lengths and the machine's load) times each adapter's own cost, with 10 % timing noise."""
     rng = np.random.default_rng(seed)
-    return [Sample(canary_id="c", step=0, arm=arm, error=bool(rng.random() < error_rate),
-                   violation=violation, latency=float(latency * rng.lognormal(0, 0.1)),
-                   agreement=(float(np.clip(agreement + rng.normal(0, 0.01), -1, 1))
-                              if agreement is not None and arm == Arm.CANARY else None))
-            for _ in range(n)]
+    out = []
+    for _ in range(n):
+        base = 1e-4 * rng.uniform(1, 10)
+        paired = arm == Arm.CANARY
+        out.append(Sample(
+            canary_id="c", step=0, arm=arm, error=bool(rng.random() < error_rate),
+            violation=violation,
+            latency=float(base * latency_ratio * rng.lognormal(0, 0.1)) if paired else None,
+            stable_latency=float(base * rng.lognormal(0, 0.1)) if paired else None,
+            agreement=(float(np.clip(agreement + rng.normal(0, 0.01), -1, 1))
+                       if agreement is not None and paired else None)))
+    return out
 
 
 def verdicts(data: list[Sample]) -> dict[str, Verdict]:
@@ -36,7 +45,7 @@ def test_healthy_canary_passes_every_gate() -> None:
 
 
 def test_failing_canary_fails_its_gates() -> None:
-    broken = samples(Arm.CANARY, 300, error_rate=0.3, latency=2e-4, agreement=0.2,
+    broken = samples(Arm.CANARY, 300, error_rate=0.3, latency_ratio=2.0, agreement=0.2,
                      violation="non_finite", seed=3)
     v = verdicts(samples(Arm.STABLE, 300, seed=4) + broken)
     assert v == {"error_rate_delta": Verdict.FAIL, "latency_p50_ratio": Verdict.FAIL,
@@ -44,10 +53,30 @@ def test_failing_canary_fails_its_gates() -> None:
 
 
 def test_small_noisy_differences_hold_instead_of_deciding() -> None:
-    """A canary whose error rate might or might not exceed stable's by 1 point: inconclusive."""
-    v = verdicts(samples(Arm.STABLE, 60, error_rate=0.02, seed=5)
-                 + samples(Arm.CANARY, 60, error_rate=0.04, seed=6))
+    """A canary with 3 errors in 60 against stable's 1 in 60 might or might not exceed stable's
+    error rate by more than 1 point: inconclusive."""
+    def with_errors(data: list[Sample], errors: int) -> list[Sample]:
+        return [s.model_copy(update={"error": i < errors}) for i, s in enumerate(data)]
+
+    v = verdicts(with_errors(samples(Arm.STABLE, 60, seed=5), 1)
+                 + with_errors(samples(Arm.CANARY, 60, seed=6), 3))
     assert v["error_rate_delta"] == Verdict.INCONCLUSIVE
+
+
+def test_latency_gate_sees_a_small_slowdown_through_varying_batches() -> None:
+    """Probe costs vary 10× between micro-batches; pairing still separates a 30 % slower
+    canary (fail) from an equal one (pass) with 60 probes."""
+    stable = samples(Arm.STABLE, 60, seed=10)
+    assert verdicts(stable + samples(Arm.CANARY, 60, seed=11))["latency_p50_ratio"] \
+        == Verdict.PASS
+    assert verdicts(stable + samples(Arm.CANARY, 60, latency_ratio=1.3, seed=11))[
+        "latency_p50_ratio"] == Verdict.FAIL
+
+
+def test_latency_waits_for_its_own_minimum() -> None:
+    data = samples(Arm.STABLE, 50) + samples(Arm.CANARY, 9, latency_ratio=3.0, seed=12)
+    gate = next(g for g in evaluate(data, LIMITS) if g.name == "latency_p50_ratio")
+    assert gate.verdict == Verdict.INCONCLUSIVE and gate.detail == "9/10 paired probes"
 
 
 def test_agreement_waits_for_its_own_minimum() -> None:
