@@ -111,23 +111,24 @@ def embed_items(embed: Embed, items: Sequence[Item]) -> list[Result]:
 
 
 def _latency_probe(rt: Runtime, items: list[Item]) -> tuple[float, float] | None:
-    """(canary, stable) forward seconds of each arm's adapter alone on the same rows, summed
-    over the orders stable-canary and canary-stable. The arms share the micro-batch's forward
-    (one kernel serves both), so only forwards of their own tell their costs apart; the same
-    rows, back to back, make the pair's ratio free of the rows' lengths and of the machine's
-    load at that moment, which differ from one micro-batch to the next."""
+    """(canary, stable) forward seconds of each arm's adapter alone on the same rows: the
+    faster of two runs each, in the orders stable-canary and canary-stable. The arms share the
+    micro-batch's forward (one kernel serves both), so only forwards of their own tell their
+    costs apart; the same rows, back to back, make the pair's ratio independent of the rows'
+    lengths, which differ from one micro-batch to the next; and since interference from other
+    work only ever adds time, the faster run of each is the closer to the adapter's own cost."""
     rows = rt.settings.canary_probe_rows
     names = {item.arm: item.adapter for item in items if item.arm is not None}
     if not rows or set(names) != set(Arm):
         return None
     texts = [item.texts[0] for item in items if item.canary_id is not None][:rows]
-    seconds = dict.fromkeys(Arm, 0.0)
+    seconds = dict.fromkeys(Arm, float("inf"))
     try:
         for order in ((Arm.STABLE, Arm.CANARY), (Arm.CANARY, Arm.STABLE)):
             for arm in order:
                 timings: list[float] = []
                 rt.embed(texts, [names[arm]] * len(texts), timings=timings)
-                seconds[arm] += sum(timings)
+                seconds[arm] = min(seconds[arm], sum(timings))
     except Exception as exc:  # the items themselves already ran; their outcome is recorded
         log.warning("latency probe failed: %r", exc)
         return None

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_slow_canary_is_rolled_back_by_latency(tmp_path: Path) -> None:
-    env = embedded_env(tmp_path / "var") | {"BEMQ_CANARY_RESAMPLES": "1000"}
+    # Micro-batches of 50 rows: four per job, each with its own paired latency probe.
+    env = embedded_env(tmp_path / "var") | {"BEMQ_CANARY_RESAMPLES": "1000",
+                                             "BEMQ_MAX_BATCH_SIZE": "50"}
     cfg = settings_for(env)
     with Client(cfg) as client:
         for name, experts, rank in (("fast", 2, 4), ("slow", 8, 64)):
@@ -31,7 +33,7 @@ def test_slow_canary_is_rolled_back_by_latency(tmp_path: Path) -> None:
         try:
             canary = controller.start(client.store, cfg, model="minilm", stable="fast",
                                       canary="slow", steps=[50, 100], min_samples=60)
-            for n in range(15):
+            for n in range(30):
                 job = client.wait(client.submit_job(request_lines(
                     [f"where is my parcel number {n}-{i}, it is late" for i in range(200)],
                     model="minilm:fast", prefix=f"j{n}")).id, timeout=120)

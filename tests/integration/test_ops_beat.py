@@ -38,6 +38,7 @@ SCHEDULE = {
     "BEMQ_HEARTBEAT_SECONDS": "1", "BEMQ_CANARY_SHADOW_FRACTION": "0.5",
     "BEMQ_CANARY_MIN_SHADOW": "10", "BEMQ_CANARY_RESAMPLES": "500",
     "BEMQ_DRIFT_MIN_SAMPLES": "50",
+    "BEMQ_MAX_BATCH_SIZE": "40",  # four micro-batches per job, each a paired latency probe
 }
 _ids = itertools.count()
 
