@@ -51,6 +51,7 @@ def canary() -> None:
 @click.pass_context
 def canary_start(ctx: click.Context, model: str, stable: str, canary_name: str,
                  steps: str | None, min_samples: int | None) -> None:
+    """Roll out CANARY in place of STABLE, step by step, gated by canary.step."""
     with client_for(ctx) as client:
         cfg = client.settings
         try:
@@ -277,6 +278,7 @@ def keys_create(ctx: click.Context, key_tenant: str) -> None:
 @keys.command("list")
 @click.pass_context
 def keys_list(ctx: click.Context) -> None:
+    """Every key's id, tenant and dates (never the key)."""
     table = Table("id", "tenant", "created (UTC)", "revoked (UTC)", title="API keys")
     with client_for(ctx) as client:
         for k in client.store.api_keys():
@@ -288,6 +290,7 @@ def keys_list(ctx: click.Context) -> None:
 @click.argument("key_id")
 @click.pass_context
 def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke key KEY_ID: its requests get 401 from now on."""
     with client_for(ctx) as client:
         if not client.store.revoke_key(key_id):
             raise click.ClickException(f"no live key {key_id!r}")
