@@ -10,7 +10,7 @@ PREFIX = "backups/"
 
 class TableEntry(BaseModel):
     rows: int
-    sha256: str  # digest of the table's rows in primary-key order (see ops.backup.snapshot)
+    sha256: str  # digest of the table's rows ordered by every column (see ops.backup.snapshot)
     columns: list[str]
 
 

@@ -24,9 +24,10 @@ import psycopg
 from ops.backup.manifest import TableEntry
 from ops.store import open_store
 
-# Parents before children (foreign keys). Worker heartbeats are live state, not backed up.
+# Parents before children (foreign keys). Live state is not backed up: worker heartbeats, and
+# the embedded deployment's token buckets and in-flight online requests.
 TABLES = ("jobs", "micro_batches", "files", "adapters", "canaries", "canary_decisions",
-          "canary_samples", "features", "drift_baselines", "drift_reports")
+          "canary_samples", "features", "drift_baselines", "drift_reports", "api_keys")
 SQLITE_OBJECT = "store.sqlite3"
 
 Put = Callable[[str, Iterable[bytes]], tuple[str, int]]

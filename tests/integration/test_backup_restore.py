@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ops import apikeys
 from ops.adapters import blob_key
 from ops.backup import service as backup
 from ops.backup.manifest import folder
@@ -50,6 +51,7 @@ def test_restore_after_losing_the_database(deployment_env: dict[str, str],
         adapter = tmp_path / "v1.safetensors"
         adapter.write_bytes(make_adapter(client.model, experts=2, rank=4, b_std=0.05))
         client.add_adapter("support-v1", adapter)
+        key_id, key = apikeys.create(client.store, "acme")
         worker = start_worker(env, client, tmp_path / "worker.log")
         try:
             done = client.wait(client.submit_job(
@@ -83,6 +85,7 @@ def test_restore_after_losing_the_database(deployment_env: dict[str, str],
         assert list(client.results(done.id)) == output
         assert client.blobs.get(blob_key("support-v1")) == adapter_bytes
         assert [a.name for a in client.adapters()] == ["support-v1"]
+        assert apikeys.owner(client.store, key) == (key_id, "acme")  # keys survive a restore
 
     verified = bemq(env, "backup", "verify", backup_id)
     assert verified.returncode == 0, verified.stderr
