@@ -47,7 +47,8 @@ class OnlineQueue(abc.ABC):
 
     @abc.abstractmethod
     def wait_result(self, request_id: str, timeout: float) -> dict[str, Any] | None:
-        """The worker's result, or None after `timeout` seconds (the request is withdrawn)."""
+        """The worker's result, or None after `timeout` seconds (the caller has given up; a
+        worker drops the request unserved once it is older than `stale_after`)."""
 
     @abc.abstractmethod
     def put_result(self, request_id: str, result: dict[str, Any]) -> None: ...
@@ -166,9 +167,9 @@ class StoreOnlineQueue(OnlineQueue):
         deadline = time.monotonic() + timeout
         poll = self.POLL_MIN
         while True:
-            for rid, payload in self.store.peek_online(1):
-                if self.store.take_online([rid]):
-                    return OnlineRequest.model_validate_json(payload)
+            payload = self.store.take_online()
+            if payload is not None:
+                return OnlineRequest.model_validate_json(payload)
             if time.monotonic() >= deadline:
                 return None
             time.sleep(min(poll, max(deadline - time.monotonic(), 0)))

@@ -65,24 +65,17 @@ class GatewayRecords(Transactional):
                         (request_id, payload, at))
 
     @retried
-    def peek_online(self, limit: int) -> list[tuple[str, str]]:
-        """The oldest waiting requests (id, payload), not yet taken."""
+    def take_online(self) -> str | None:
+        """Take the oldest waiting request: its payload, or None when none waits or another
+        worker took it first (the guarded update decides)."""
         with self.tx() as cur:
-            rows = cur.execute("SELECT id, payload FROM online_requests WHERE taken = 0 "
-                               "ORDER BY enqueued_at, id LIMIT ?", (limit,)).fetchall()
-        return [(r[0], r[1]) for r in rows]
-
-    @retried
-    def take_online(self, request_ids: list[str]) -> list[str]:
-        """Mark requests taken; returns the ids this call took (others were taken first)."""
-        taken = []
-        with self.tx() as cur:
-            for rid in request_ids:
-                cur.execute("UPDATE online_requests SET taken = 1 WHERE id = ? AND taken = 0",
-                            (rid,))
-                if cur.rowcount == 1:
-                    taken.append(rid)
-        return taken
+            row = cur.execute("SELECT id, payload FROM online_requests WHERE taken = 0 "
+                              "ORDER BY enqueued_at, id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            cur.execute("UPDATE online_requests SET taken = 1 WHERE id = ? AND taken = 0",
+                        (row[0],))
+            return row[1] if cur.rowcount == 1 else None
 
     @retried
     def put_online_result(self, request_id: str, result: str) -> None:
