@@ -143,9 +143,9 @@ class BEMLinear(nn.Module):
             r = site.routing
             g = dispatch.route_chunks(logits, ctx.mask[rows], chunk=r.chunk, tau=r.tau,
                                       causal=r.causal, top_k=r.top_k)
-            if ctx.usage is not None:
-                top = g.argmax(-1)[ctx.mask[rows].bool()]
-                counts = torch.bincount(top, minlength=site.experts)
+            if ctx.usage is not None:  # real tokens by top-1 expert; no data-dependent shape
+                counts = torch.zeros(site.experts, dtype=torch.long, device=g.device).index_add_(
+                    0, g.argmax(-1).reshape(-1), ctx.mask[rows].reshape(-1).long())
                 ctx.usage[slot] = ctx.usage[slot] + counts if slot in ctx.usage else counts
             c = dispatch.expand_gates(g, site.rank).to(x.dtype)
             out[rows, :, : c.shape[-1]] = c

@@ -53,6 +53,23 @@ def test_mixed_batch_equals_each_row_alone(rt: Runtime) -> None:
     assert (mixed[0] - base[0]).abs().max() > 1e-3  # the adapter does change its rows
 
 
+def test_expert_usage_counts_every_real_token_at_every_site(rt: Runtime) -> None:
+    """Drift's expert counts: per adapter, one top-1 expert per real token and site; base rows
+    and padding are not counted."""
+    install(rt, a=make_adapter(rt.files, seed=1, experts=4, b_std=0.05),
+            b=make_adapter(rt.files, seed=2, experts=2, rank=4, b_std=0.05))
+    names: list[str | None] = ["a", None, "b", "a", "b"]
+    usage: dict[str, torch.Tensor] = {}
+    rt.embed(TEXTS, names, usage=usage)
+    sites = len(rt.files.adapter_sites())
+    tokens = [len(e.ids) for e in rt.tokenizer.encode_batch(TEXTS)]
+    assert set(usage) == {"a", "b"} and usage["a"].shape == (4,) and usage["b"].shape == (2,)
+    for name in ("a", "b"):
+        real = sum(n for n, row in zip(tokens, names, strict=True) if row == name)
+        assert int(usage[name].sum()) == real * sites, name
+    assert (usage["a"] > 0).sum() >= 2  # the router spreads tokens over experts
+
+
 def test_adapter_cache_is_bounded_by_bytes(tmp_path: Path) -> None:
     """Past the byte capacity the least recently used adapter is evicted."""
     from ops.adapters import add
