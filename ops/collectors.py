@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 class StateCollector(Collector):
     def __init__(self, cfg: Settings, store: Store) -> None:
         self.cfg, self.store = cfg, store
+        # One broker connection for every scrape (redis-py reconnects after a failure).
+        self.redis = None if cfg.embedded_broker else redis.Redis.from_url(cfg.broker_url)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily("bem_jobs", "Jobs by status", labels=["status"])
@@ -42,33 +45,27 @@ class StateCollector(Collector):
         depth = GaugeMetricFamily("bem_queue_depth", "Messages waiting in the broker, by queue",
                                   labels=["queue"])
         try:
-            for queue, n in queue_depths(self.cfg).items():
+            for queue, n in self._queue_depths().items():
                 depth.add_metric([queue], n)
             yield depth
         except Exception as exc:
             log.warning("broker metrics unavailable: %s", exc)
 
-
-def queue_depths(cfg: Settings) -> dict[str, int]:
-    """Waiting messages per Celery queue, and waiting online requests under "online"."""
-    if cfg.embedded_broker:
-        folder = Path(cfg.broker_folder) / "queue"
-        files = [p.name for p in folder.glob("*.msg")] if folder.exists() else []
-        return {q: sum(name.endswith(f".{q}.msg") for name in files)
-                for q in (QUEUE_GPU, QUEUE_ONLINE, QUEUE_OPS)}
-    import redis
-
-    client = redis.Redis.from_url(cfg.broker_url)
-    try:
+    def _queue_depths(self) -> dict[str, int]:
+        """Waiting messages per Celery queue, and waiting online requests under "online"."""
+        cfg = self.cfg
+        if self.redis is None:
+            folder = Path(cfg.broker_folder) / "queue"
+            files = [p.name for p in folder.glob("*.msg")] if folder.exists() else []
+            return {q: sum(name.endswith(f".{q}.msg") for name in files)
+                    for q in (QUEUE_GPU, QUEUE_ONLINE, QUEUE_OPS)}
         # kombu's Redis transport keeps a list per queue (and per priority: "queue\x06\x16N").
         out = {}
         for q in (QUEUE_GPU, QUEUE_OPS):
-            out[q] = sum(int(client.llen(cfg.redis_prefix + name))
+            out[q] = sum(int(self.redis.llen(cfg.redis_prefix + name))
                          for name in (q, *(f"{q}\x06\x16{p}" for p in (3, 6, 9))))
-        out[QUEUE_ONLINE] = int(client.llen(cfg.redis_prefix + KEY_QUEUE))
+        out[QUEUE_ONLINE] = int(self.redis.llen(cfg.redis_prefix + KEY_QUEUE))
         return out
-    finally:
-        client.close()
 
 
 class GpuMemoryCollector(Collector):

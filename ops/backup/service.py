@@ -174,6 +174,7 @@ def prune(cfg: Settings, blobs: Blobs, now: float) -> list[str]:
     """Keep the newest `backup_keep_last` backups and every one younger than
     `backup_keep_days`; remove the rest, and folders left without a manifest for a day."""
     complete = manifests(blobs)
+    complete_ids = {m.id for m in complete}
     keep = {m.id for m in complete[: cfg.backup_keep_last]}
     keep |= {m.id for m in complete if now - m.created_at < cfg.backup_keep_days * 86400}
     by_folder: dict[str, list[str]] = {}
@@ -183,8 +184,7 @@ def prune(cfg: Settings, blobs: Blobs, now: float) -> list[str]:
     for backup_id, keys in by_folder.items():
         if backup_id in keep:
             continue
-        is_complete = any(m.id == backup_id for m in complete)
-        if not is_complete and now - _created(backup_id, now) < 86400:
+        if backup_id not in complete_ids and now - _created(backup_id, now) < 86400:
             continue  # possibly a backup still being written
         for key in keys:
             blobs.delete(key)

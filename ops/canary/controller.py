@@ -184,9 +184,8 @@ def _record(store: Store, d: DecisionRecord) -> DecisionRecord:
 
 def _move(store: Store, c: Canary, d: DecisionRecord, state: CanaryState, step: int,
           weight: float, reason: str | None) -> DecisionRecord | None:
-    ended = state in (CanaryState.PROMOTED, CanaryState.ROLLED_BACK, CanaryState.ABORTED)
     if not store.move_canary(c, d, state=state, step=step, weight=weight, reason=reason,
-                             ended=ended):
+                             ended=not state.routes):
         return None
     metrics.CANARY_DECISIONS.labels(d.decision.value).inc()
     return d
