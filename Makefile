@@ -37,6 +37,7 @@ bench: install
 	$(PY) bench/pipeline.py --json bench-results/pipeline.json
 	$(PY) bench/kernels.py --json bench-results/kernels.json
 	$(PY) bench/online.py --json bench-results/online.json
+	$(PY) bench/recovery.py --json bench-results/recovery.json
 
 soak: install
 	mkdir -p bench-results

@@ -18,16 +18,13 @@ from kombu import Queue
 
 from ops.settings import Settings, settings
 from schemas.constants import (
+    BEAT_SCHEDULE_FILE,
     KEY_BEAT,
     OPS_TASKS,
     QUEUE_GPU,
     QUEUE_ONLINE,
     QUEUE_OPS,
-    TASK_BACKUP_RUN,
-    TASK_BACKUP_VERIFY,
-    TASK_CANARY_STEP,
-    TASK_DRIFT_CHECK,
-    TASK_RECONCILE,
+    SCHEDULED_TASKS,
     TASK_RUN_MICRO_BATCH,
 )
 
@@ -57,16 +54,14 @@ def build(s: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
-        "beat_schedule": {
-            "jobs.reconcile": {"task": TASK_RECONCILE, "schedule": s.reconcile_interval},
-            "canary.step": {"task": TASK_CANARY_STEP, "schedule": s.canary_interval},
-            "drift.check": {"task": TASK_DRIFT_CHECK, "schedule": s.drift_interval},
-            "backup.run": {"task": TASK_BACKUP_RUN, "schedule": s.backup_interval},
-            "backup.verify": {"task": TASK_BACKUP_VERIFY, "schedule": s.backup_verify_interval},
-        },
+        "beat_schedule": {name: {"task": task, "schedule": schedule_interval(s, name)}
+                          for name, task in SCHEDULED_TASKS.items()},
     }
     conf["result_backend_transport_options"] = dict(conf["broker_transport_options"])
-    if not s.embedded_broker:
+    if s.embedded_broker:
+        # Beat's own state under BEMQ_HOME, never in the working directory.
+        conf["beat_schedule_filename"] = str((s.home / BEAT_SCHEDULE_FILE).resolve())
+    else:
         # One beat leader across hosts: RedBeat holds a lock in the broker's Redis.
         conf.update(
             beat_scheduler="redbeat.RedBeatScheduler",
@@ -75,6 +70,17 @@ def build(s: Settings) -> dict[str, Any]:
             redbeat_lock_timeout=int(max(30, min(s.reconcile_interval, s.canary_interval) * 5)),
         )
     return conf
+
+
+def schedule_interval(s: Settings, entry: str) -> float:
+    """Seconds between two runs of a beat entry (see `SCHEDULED_TASKS`)."""
+    return {
+        "jobs.reconcile": s.reconcile_interval,
+        "canary.step": s.canary_interval,
+        "drift.check": s.drift_interval,
+        "backup.run": s.backup_interval,
+        "backup.verify": s.backup_verify_interval,
+    }[entry]
 
 
 def _transport_options(s: Settings) -> dict[str, Any]:

@@ -36,7 +36,7 @@ class StateCollector(Collector):
             yield jobs
             alive = GaugeMetricFamily("bem_workers_alive", "Workers with a fresh heartbeat, "
                                       "by queue they consume", labels=["queue"])
-            live = self.store.live_workers(3 * self.cfg.heartbeat_seconds)
+            live = self.store.live_workers(self.cfg.dead_after)
             for queue in (QUEUE_GPU, QUEUE_ONLINE, QUEUE_OPS):
                 alive.add_metric([queue], sum(queue in w["queues"].split(",") for w in live))
             yield alive

@@ -68,11 +68,15 @@ def _concat(blobs: Blobs, job_id: str, kind: str, seqs: Sequence[int]) -> Iterat
 
 
 def reconcile(store: Store, blobs: Blobs, send: Callable[[Sequence[tuple[str, int]]], None],
-              requeue_after: float) -> dict[str, int]:
-    """One pass of `jobs.reconcile`: expire jobs past their window, re-send micro-batches whose
-    message may be lost (queued too long, or lease expired), and finish jobs left unfinalised
-    (a worker died between its last completion and the output files)."""
+              requeue_after: float, dead_after: float) -> dict[str, int]:
+    """One pass of `jobs.reconcile`: expire jobs past their window, end the leases of dead
+    workers, re-send micro-batches whose message may be lost (queued too long, or lease ended),
+    and finish jobs left unfinalised (a worker died between its last completion and the output
+    files)."""
     expired = sum(store.expire(job_id) for job_id in store.overdue_jobs(time.time()))
+    ended = store.end_dead_leases(dead_after)
+    if ended:
+        log.info("ended %d lease(s) held by workers silent for %.0fs", ended, dead_after)
     stale = store.stale_micro_batches(requeue_after)
     if stale:
         send(stale)

@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.constants import SCHEDULED
+
 
 class SettingsError(ValueError):
     """A `BEMQ_*` variable has a value bemq cannot use."""
@@ -53,8 +55,15 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(3600, ge=1)
     task_soft_time_limit: int = Field(600, ge=1)
     task_time_limit: int = Field(900, ge=1)
-    reconcile_interval: float = Field(30.0, gt=0)
+    reconcile_interval: float = Field(10.0, gt=0)
+    # A worker records a heartbeat every `heartbeat_seconds`; one silent for
+    # `dead_after_heartbeats` of them is dead, and the leases it holds end (see `dead_after`).
     heartbeat_seconds: float = Field(5.0, gt=0)
+    dead_after_heartbeats: int = Field(3, ge=2)
+    # Scheduled tasks a GPU worker runs itself (a thread, one per host through a lock file):
+    # "auto" = every beat entry on the embedded broker and none elsewhere (beat does it there),
+    # "none", or a comma-separated list of entries such as "jobs.reconcile,canary.step".
+    worker_schedule: str = "auto"
 
     # Store connection.
     db_pool_size: int = Field(8, ge=1)
@@ -134,6 +143,18 @@ class Settings(BaseSettings):
             raise ValueError(f"expected file://PATH or s3://BUCKET/PREFIX, got {value!r}")
         return value
 
+    @field_validator("worker_schedule")
+    @classmethod
+    def _worker_schedule(cls, value: str) -> str:
+        names = {v.strip() for v in value.split(",") if v.strip()}
+        if value.strip() in {"auto", "none"}:
+            return value.strip()
+        unknown = names - set(SCHEDULED)
+        if unknown or not names:
+            raise ValueError(f"expected auto, none or some of {', '.join(SCHEDULED)}; "
+                             f"got {value!r}")
+        return value
+
     @field_validator("canary_steps")
     @classmethod
     def _steps(cls, value: str) -> str:
@@ -163,6 +184,21 @@ class Settings(BaseSettings):
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def dead_after(self) -> float:
+        """Seconds without a heartbeat after which a worker counts as dead."""
+        return self.dead_after_heartbeats * self.heartbeat_seconds
+
+    @property
+    def worker_schedule_entries(self) -> tuple[str, ...]:
+        """The beat entries a GPU worker runs in its own scheduler thread."""
+        if self.worker_schedule == "auto":
+            return SCHEDULED if self.embedded_broker else ()
+        if self.worker_schedule == "none":
+            return ()
+        wanted = {v.strip() for v in self.worker_schedule.split(",")}
+        return tuple(name for name in SCHEDULED if name in wanted)
 
 
 def parse_steps(value: str) -> list[float]:

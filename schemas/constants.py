@@ -13,10 +13,24 @@ TASK_BACKUP_RUN = "bemq.backup.run"
 TASK_BACKUP_VERIFY = "bemq.backup.verify"
 OPS_TASKS = (TASK_RECONCILE, TASK_CANARY_STEP, TASK_DRIFT_CHECK, TASK_BACKUP_RUN,
              TASK_BACKUP_VERIFY)
+# Beat entry names (celery beat's schedule keys; BEMQ_WORKER_SCHEDULE names them too) → task.
+SCHEDULED_TASKS = {
+    "jobs.reconcile": TASK_RECONCILE,
+    "canary.step": TASK_CANARY_STEP,
+    "drift.check": TASK_DRIFT_CHECK,
+    "backup.run": TASK_BACKUP_RUN,
+    "backup.verify": TASK_BACKUP_VERIFY,
+}
+SCHEDULED = tuple(SCHEDULED_TASKS)
 
 # Redis keys live under the configured prefix (setting BEMQ_REDIS_PREFIX, default "bemq:").
 # Celery's own keys get it through kombu's `global_keyprefix`; ours append these suffixes.
 KEY_BEAT = "beat:"
+
+# Files under BEMQ_HOME: the lock that makes one worker per host run the worker schedule, and
+# celery beat's own schedule state on the embedded broker (RedBeat keeps it in Redis otherwise).
+SCHEDULER_LOCK_FILE = "scheduler.lock"
+BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 
 ENDPOINT_EMBEDDINGS = "/v1/embeddings"
 COMPLETION_WINDOWS = {"24h": 24 * 3600}

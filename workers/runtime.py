@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -177,20 +178,53 @@ class Runtime:
                           self._forward(ids[mid:], mask[mid:], second, usage, online, timings)])
 
     def start_heartbeat(self, queues: str) -> threading.Event:
-        """Record this worker as alive every `heartbeat_seconds` until the event is set."""
+        """Record this worker as alive now and then every `heartbeat_seconds` until the event
+        is set. The first beat is written before this returns, so no lease this process takes
+        can ever belong to a worker without a row (which reconcile would take as dead)."""
         stop = threading.Event()
         device = str(self.device) if "gpu" in queues or "online" in queues else "cpu"
+        self.store.heartbeat(self.name, os.getpid(), queues, device)
 
         def beat() -> None:
-            while not stop.is_set():
+            while not stop.wait(self.settings.heartbeat_seconds):
                 try:
                     self.store.heartbeat(self.name, os.getpid(), queues, device)
                 except Exception as exc:  # the store may be restarting; say so and keep going
                     log.warning("heartbeat failed: %s", exc)
-                stop.wait(self.settings.heartbeat_seconds)
 
         threading.Thread(target=beat, name="bemq-heartbeat", daemon=True).start()
         return stop
+
+
+    def forget_dead_neighbours(self) -> list[str]:
+        """Forget the workers recorded for this host whose process is gone (killed, crashed,
+        or a host that rebooted): their leases end at the next reconcile instead of after
+        `dead_after`. Another host's workers are left to their heartbeats."""
+        host = socket.gethostname()
+        gone = []
+        for w in self.store.live_workers(None):
+            name_host, _, _ = w["name"].rpartition("-")
+            if name_host == host and w["name"] != self.name and not pid_alive(w["pid"]):
+                self.store.forget_worker(w["name"])
+                gone.append(w["name"])
+        if gone:
+            log.info("forgot dead worker(s) of this host: %s", ", ".join(gone))
+        return gone
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs here (a zombie, dead but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): the signal check is all there is
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @functools.cache

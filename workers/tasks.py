@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -20,16 +21,22 @@ from schemas.constants import (
     QUEUE_GPU,
     QUEUE_ONLINE,
     QUEUE_OPS,
+    SCHEDULED_TASKS,
+    SCHEDULER_LOCK_FILE,
     TASK_RECONCILE,
     TASK_RUN_MICRO_BATCH,
 )
 from workers import runner
 from workers.app import app
 from workers.online import OnlineServer
-from workers.runtime import runtime
+from workers.runtime import Runtime, runtime
+from workers.schedule import WorkerSchedule
+
+log = logging.getLogger(__name__)
 
 _heartbeat = None
 _stops: list[threading.Event] = []
+_schedule: WorkerSchedule | None = None
 
 
 @app.task(name=TASK_RUN_MICRO_BATCH, bind=True, max_retries=None)
@@ -49,7 +56,8 @@ def run_micro_batch(self: Task, job_id: str, seq: int) -> str:
 def reconcile_jobs() -> dict[str, int]:
     rt = runtime()
     return reconcile(rt.store, rt.blobs, send_micro_batches,
-                     requeue_after=rt.settings.requeue_after_seconds)
+                     requeue_after=rt.settings.requeue_after_seconds,
+                     dead_after=rt.settings.dead_after)
 
 
 def send_micro_batches(pairs: Sequence[tuple[str, int]]) -> None:
@@ -59,9 +67,24 @@ def send_micro_batches(pairs: Sequence[tuple[str, int]]) -> None:
                           producer=producer)
 
 
+def _recover_and_schedule(rt: Runtime) -> WorkerSchedule | None:
+    """What a GPU worker does for lost work before it takes its first message: forget this
+    host's dead workers and reconcile once, so their micro-batches are re-sent now (a worker
+    restarted after kill -9 picks up where the dead one stopped); then, where no beat runs them
+    (BEMQ_WORKER_SCHEDULE), start the scheduled tasks in this process."""
+    rt.forget_dead_neighbours()
+    log.info("start-up reconcile: %s", reconcile_jobs())
+    entries = {name: (app.tasks[SCHEDULED_TASKS[name]],
+                      app.conf.beat_schedule[name]["schedule"])
+               for name in rt.settings.worker_schedule_entries}
+    if not entries:
+        return None
+    return WorkerSchedule(entries, rt.settings.home.resolve() / SCHEDULER_LOCK_FILE).start()
+
+
 @worker_ready.connect
 def _on_ready(sender, **_: object) -> None:  # type: ignore[no-untyped-def]
-    global _heartbeat
+    global _heartbeat, _schedule
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
     rt = runtime()
     gpu = QUEUE_GPU in queues or QUEUE_ONLINE in queues
@@ -78,12 +101,16 @@ def _on_ready(sender, **_: object) -> None:  # type: ignore[no-untyped-def]
     if QUEUE_ONLINE in queues:
         _stops.append(OnlineServer(rt).start())
     _heartbeat = rt.start_heartbeat(queues)
+    if gpu:
+        _schedule = _recover_and_schedule(rt)
 
 
 @worker_shutdown.connect
 def _on_shutdown(**_: object) -> None:
     for stop in _stops:
         stop.set()
+    if _schedule is not None:
+        _schedule.stop()
     if _heartbeat is not None:
         _heartbeat.set()
         runtime().store.forget_worker(runtime().name)

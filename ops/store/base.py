@@ -344,6 +344,22 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, Transactional):
         return True
 
     @retried
+    def end_dead_leases(self, dead_after: float) -> int:
+        """End the lease of every running micro-batch whose holder is dead: no heartbeat for
+        `dead_after` seconds, or no row at all (forgotten as dead by a worker of its host). A
+        killed worker's work then comes back at the next reconcile instead of when its lease
+        would have run out; a slow worker that still heartbeats keeps its lease."""
+        now = time.time()
+        with self.tx() as cur:
+            cur.execute(
+                "UPDATE micro_batches SET lease_until = ? WHERE state = ? AND lease_until > ? "
+                "AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.name = micro_batches.worker "
+                "AND w.last_seen > ?)",
+                (now, MicroBatchState.RUNNING.value, now, now - dead_after),
+            )
+            return cur.rowcount
+
+    @retried
     def stale_micro_batches(self, requeue_after: float, limit: int = 1000) -> list[tuple[str, int]]:
         """Micro-batches whose message may be lost: queued for too long, or running with an
         expired lease (the worker died). `jobs.reconcile` sends them again."""
@@ -460,12 +476,14 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, Transactional):
             cur.execute("DELETE FROM workers WHERE name = ?", (name,))
 
     @retried
-    def live_workers(self, within_seconds: float) -> list[dict[str, Any]]:
+    def live_workers(self, within_seconds: float | None) -> list[dict[str, Any]]:
+        """Workers seen in the last `within_seconds`; every recorded worker when None."""
+        since = -1.0 if within_seconds is None else time.time() - within_seconds
         with self.tx() as cur:
             rows = cur.execute(
                 "SELECT name, pid, queues, device, last_seen FROM workers "
                 "WHERE last_seen > ? ORDER BY name",
-                (time.time() - within_seconds,),
+                (since,),
             ).fetchall()
         keys = ("name", "pid", "queues", "device", "last_seen")
         return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -254,7 +254,7 @@ def _checks(cfg: Settings, base: Client) -> dict[str, str]:
         except Exception as exc:
             checks[name] = f"{type(exc).__name__}: {exc}"[:200]
     try:
-        live = base.store.live_workers(3 * cfg.heartbeat_seconds)
+        live = base.store.live_workers(cfg.dead_after)
         serving = [w for w in live if "gpu" in w["queues"] or "online" in w["queues"]]
         checks["workers"] = "ok" if serving else "no GPU worker alive"
     except Exception as exc:

@@ -11,7 +11,6 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +19,15 @@ import pytest
 from ops.store import StoreUnavailable
 from producers.client import Client
 from producers.corpus import sentences
-from schemas.batch import Job, JobStatus
+from schemas.batch import Job
 from tests.conftest import embedded_env
-from tests.support.deploy import settings_for, start_worker
+from tests.support.deploy import (
+    assert_exactly_once,
+    max_deliveries,
+    settings_for,
+    start_worker,
+    wait_for,
+)
 from tests.support.private import PrivatePostgres, PrivateRedis
 from tests.support.services import create_database, drop_database
 
@@ -53,21 +58,6 @@ def fault_env(tmp_path: Path, redis_url: str, database_url: str) -> dict[str, st
     }
 
 
-def assert_exactly_once(client: Client, job: Job, expected: int) -> None:
-    assert job.status == JobStatus.COMPLETED, job
-    counts = job.request_counts
-    assert counts.completed + counts.failed == counts.total == expected
-    seen = Counter(line["custom_id"] for line in client.results(job.id))
-    seen.update(line["custom_id"] for line in client.errors(job.id))
-    assert len(seen) == expected and max(seen.values()) == 1
-
-
-def max_deliveries(client: Client, job_id: str) -> int:
-    with client.store.tx() as cur:
-        return int(cur.execute("SELECT MAX(deliveries) FROM micro_batches WHERE job_id = ?",
-                               (job_id,)).fetchone()[0])
-
-
 @contextlib.contextmanager
 def running(env: dict[str, str], client: Client, tmp_path: Path, *,
             gpu: bool = True) -> Iterator[None]:
@@ -88,13 +78,6 @@ def submit_and_start(client: Client, items: int, seed: int) -> Job:
     wait_for(lambda: client.status(job.id).request_counts.completed > 0, 120,
              "first completions")
     return job
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_worker_killed_five_times_mid_batch(tmp_path: Path, private_redis: PrivateRedis) -> None:

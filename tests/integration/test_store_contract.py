@@ -79,6 +79,27 @@ def test_expired_lease_is_reclaimed_and_counted_to_dead(store: Store) -> None:
     assert store.get_job("batch_1").dead_micro_batches == 1  # type: ignore[union-attr]
 
 
+def test_dead_holders_lose_their_leases_live_ones_keep_them(store: Store) -> None:
+    """A running micro-batch whose holder stopped heartbeating, or has no row, gets its lease
+    ended (so reconcile finds it stale at once); a live holder's long lease is kept."""
+    new_job(store, batches=3)
+    store.heartbeat("live", 1, "gpu", "cpu")
+    store.heartbeat("silent", 2, "gpu", "cpu")
+    with store.tx() as cur:
+        cur.execute("UPDATE workers SET last_seen = ? WHERE name = ?", (time.time() - 30, "silent"))
+    for seq, holder in enumerate(("live", "silent", "forgotten")):
+        assert store.claim("batch_1", seq, holder, 3600, 3).outcome == ClaimOutcome.RUN
+    assert store.stale_micro_batches(requeue_after=3600) == []
+    assert store.end_dead_leases(dead_after=15) == 2
+    assert store.end_dead_leases(dead_after=15) == 0  # already ended: nothing moves twice
+    time.sleep(0.01)
+    assert sorted(store.stale_micro_batches(requeue_after=3600)) == [("batch_1", 1),
+                                                                     ("batch_1", 2)]
+    assert store.claim("batch_1", 0, "other", 60, 3).outcome == ClaimOutcome.BUSY
+    again = store.claim("batch_1", 1, "other", 60, 3)
+    assert again.outcome == ClaimOutcome.RUN and again.micro_batch.deliveries == 2
+
+
 def test_release_requeues_and_stale_queued_are_found(store: Store) -> None:
     """A released micro-batch is queued again; queued ones older than the bound are stale."""
     new_job(store)
@@ -160,6 +181,10 @@ def test_files_and_heartbeats(store: Store) -> None:
     assert store.get_file("file-1") is None
     store.heartbeat("w1", 42, "gpu", "cpu")
     assert [w["name"] for w in store.live_workers(10)] == ["w1"]
+    with store.tx() as cur:
+        cur.execute("UPDATE workers SET last_seen = ? WHERE name = ?", (time.time() - 60, "w1"))
+    assert store.live_workers(10) == []
+    assert [w["name"] for w in store.live_workers(None)] == ["w1"]
     store.forget_worker("w1")
     assert store.live_workers(10) == []
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from ops.settings import Settings
 from producers.client import Client
 from producers.local_worker import LocalWorker
+from schemas.batch import Job, JobStatus
 
 
 def settings_for(env: dict[str, str]) -> Settings:
@@ -28,3 +32,26 @@ def start_worker(env: dict[str, str], client: Client, log: Path, **kw: object) -
 def request_lines(texts: list[str], model: str = "minilm", prefix: str = "r") -> list[dict]:
     return [{"custom_id": f"{prefix}-{i}", "method": "POST", "url": "/v1/embeddings",
              "body": {"model": model, "input": t}} for i, t in enumerate(texts)]
+
+
+def assert_exactly_once(client: Client, job: Job, expected: int) -> None:
+    """The job completed and every item is in the output or the error file exactly once."""
+    assert job.status == JobStatus.COMPLETED, job
+    counts = job.request_counts
+    assert counts.completed + counts.failed == counts.total == expected
+    seen = Counter(line["custom_id"] for line in client.results(job.id))
+    seen.update(line["custom_id"] for line in client.errors(job.id))
+    assert len(seen) == expected and max(seen.values()) == 1
+
+
+def max_deliveries(client: Client, job_id: str) -> int:
+    with client.store.tx() as cur:
+        return int(cur.execute("SELECT MAX(deliveries) FROM micro_batches WHERE job_id = ?",
+                               (job_id,)).fetchone()[0])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

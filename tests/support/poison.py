@@ -1,9 +1,10 @@
-"""A model plugged in by import path (BEMQ_MODEL_CLASS) that raises on one word, so tests can
-put a poison item inside a real batch on a real worker."""
+"""Models plugged in by import path (BEMQ_MODEL_CLASS) that misbehave on purpose inside a real
+worker: one raises on a word, one kills its process on a word, one is slow."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -45,4 +46,16 @@ class CrashEncoder(BertEncoder):
                 adapter_slots: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
         if (input_ids == self.crash_id).any():
             os._exit(70)
+        return super().forward(input_ids, attention_mask, adapter_slots, **kw)  # type: ignore[arg-type]
+
+
+class SlowEncoder(BertEncoder):
+    """Takes `SECONDS` per forward, as a long micro-batch on a busy GPU would: longer than
+    three heartbeats in the recovery tests, while the process itself stays alive."""
+
+    SECONDS = 3.0
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                adapter_slots: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
+        time.sleep(self.SECONDS)
         return super().forward(input_ids, attention_mask, adapter_slots, **kw)  # type: ignore[arg-type]
