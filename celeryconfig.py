@@ -80,6 +80,7 @@ def schedule_interval(s: Settings, entry: str) -> float:
         "drift.check": s.drift_interval,
         "backup.run": s.backup_interval,
         "backup.verify": s.backup_verify_interval,
+        "retention.run": s.retention_interval,
     }[entry]
 
 

@@ -36,4 +36,9 @@ def file_key(file_id: str) -> str:
 
 def shard_key(job_id: str, seq: int, kind: str) -> str:
     """`kind` is "out" or "err": one shard per micro-batch and kind."""
-    return f"jobs/{job_id}/{kind}/{seq:06d}.jsonl"
+    return f"{job_shards(job_id)}{kind}/{seq:06d}.jsonl"
+
+
+def job_shards(job_id: str) -> str:
+    """The prefix under which a job's shards live."""
+    return f"jobs/{job_id}/"

@@ -2,7 +2,9 @@
 finished, and reconciling the store with a broker that may have lost messages.
 
 Both are idempotent: finalisation rebuilds the output files from per-micro-batch shards under
-deterministic keys, so running it twice publishes the same files once.
+deterministic keys, so running it twice publishes the same files once. Once the job has ended
+with its files written, its shards are removed; a process that dies in between leaves the job
+marked `shards_cleared = 0`, and reconcile removes them.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from ops.blobs import Blobs
-from ops.keys import error_file_id, file_key, output_file_id, shard_key
+from ops import metrics
+from ops.blobs import BlobNotFound, Blobs
+from ops.keys import error_file_id, file_key, job_shards, output_file_id, shard_key
 from ops.store import Store
 from schemas.batch import FileObject, Job, JobStatus
 
 log = logging.getLogger(__name__)
 
 ACTIVE = (JobStatus.IN_PROGRESS, JobStatus.FINALIZING, JobStatus.CANCELLING)
+# Finished jobs whose leftover shards one reconcile pass removes at most.
+SHARD_SWEEP = 100
 
 
 def finalize(store: Store, blobs: Blobs, job_id: str) -> Job | None:
@@ -31,8 +36,16 @@ def finalize(store: Store, blobs: Blobs, job_id: str) -> Job | None:
     if job.status == JobStatus.IN_PROGRESS:
         store.set_status(job_id, JobStatus.FINALIZING, only_from=(JobStatus.IN_PROGRESS,))
     shards = store.finished_shards(job_id)
-    out_id = _publish(store, blobs, job, "out", [s for s, ok, _ in shards if ok], output_file_id)
-    err_id = _publish(store, blobs, job, "err", [s for s, _, err in shards if err], error_file_id)
+    try:
+        out_id = _publish(store, blobs, job, "out", [s for s, ok, _ in shards if ok],
+                          output_file_id)
+        err_id = _publish(store, blobs, job, "err", [s for s, _, err in shards if err],
+                          error_file_id)
+    except BlobNotFound:
+        ended = store.get_job(job_id)
+        if ended is not None and ended.status.terminal:
+            return None  # another process finished the job and removed its shards first
+        raise
     if job.status == JobStatus.CANCELLING:
         end = JobStatus.CANCELLED
     elif job.expired_at is not None:
@@ -43,7 +56,19 @@ def finalize(store: Store, blobs: Blobs, job_id: str) -> Job | None:
         job_id, end, only_from=(JobStatus.FINALIZING, JobStatus.CANCELLING),
         output_file_id=out_id, error_file_id=err_id,
     )
+    clear_shards(store, blobs, job_id)
     return store.get_job(job_id)
+
+
+def clear_shards(store: Store, blobs: Blobs, job_id: str) -> int:
+    """Remove a finished job's output shards (its output and error files hold their lines)."""
+    keys = blobs.list(job_shards(job_id))
+    for key in keys:
+        blobs.delete(key)
+    store.mark_shards_cleared(job_id)
+    if keys:
+        metrics.RETENTION_DELETED.labels("shard").inc(len(keys))
+    return len(keys)
 
 
 def _publish(store: Store, blobs: Blobs, job: Job, kind: str, seqs: Sequence[int],
@@ -52,10 +77,13 @@ def _publish(store: Store, blobs: Blobs, job: Job, kind: str, seqs: Sequence[int
         return None
     file_id = make_id(job.id)
     size = blobs.put_chunks(file_key(file_id), _concat(blobs, job.id, kind, seqs))
+    now = int(time.time())
     store.add_file(
-        FileObject(id=file_id, bytes=size, created_at=int(time.time()),
+        FileObject(id=file_id, bytes=size, created_at=now,
                    filename=f"{job.id}_{'output' if kind == 'out' else 'error'}.jsonl",
-                   purpose="batch_output", tenant=job.tenant),
+                   purpose="batch_output", tenant=job.tenant,
+                   expires_at=now + job.output_expires_after if job.output_expires_after
+                   else None),
         file_key(file_id),
     )
     return file_id
@@ -85,4 +113,7 @@ def reconcile(store: Store, blobs: Blobs, send: Callable[[Sequence[tuple[str, in
     for job_id in store.finishable_jobs(ACTIVE):
         if finalize(store, blobs, job_id) is not None:
             finalized += 1
-    return {"requeued": len(stale), "expired": expired, "finalized": finalized}
+    shards = sum(clear_shards(store, blobs, job_id)
+                 for job_id in store.jobs_with_shards(SHARD_SWEEP))
+    return {"requeued": len(stale), "expired": expired, "finalized": finalized,
+            "shards_removed": shards}

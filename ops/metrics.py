@@ -29,6 +29,8 @@ BACKUP_LAST_SUCCESS = Gauge("bem_backup_last_success_timestamp_seconds",
                             "When the newest backup was written")
 BACKUP_LAST_VERIFIED = Gauge("bem_backup_last_verify_success_timestamp_seconds",
                              "When a backup last restored and matched its manifest")
+RETENTION_DELETED = Counter("bem_retention_deleted", "Rows, files and shards removed past their "
+                            "retention or expiry", ["kind"])
 BACKUP_VERIFY_FAILURES = Counter("bem_backup_verify_failures",
                                  "Backup verifications that failed")
 

@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     # "none", or a comma-separated list of entries such as "jobs.reconcile,canary.step".
     worker_schedule: str = "auto"
 
-    # Store connection.
+    # Store connection. Whether a process applies missing schema migrations when it starts:
+    # unset = yes on SQLite (the embedded default), no on PostgreSQL (run `bemq migrate`).
+    migrate_on_start: bool | None = None
     db_pool_size: int = Field(8, ge=1)
     db_retry_seconds: float = Field(30.0, ge=0)
 
@@ -115,7 +117,22 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(40, ge=1)
     http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
-    # Backups (`backup.run`, `backup.verify`) of the store, adapters and configuration.
+    # Data lifecycle (`retention.run`): how long each kind of data is kept, in seconds (0 = for
+    # ever). Files get an expiry when they are written: an input file `retain_input_files` after
+    # its upload, an output or error file `retain_output_files` after its job finishes (a
+    # caller's `expires_after` / `output_expires_after` wins). Rows go past their age.
+    retain_input_files: int = Field(30 * 86400, ge=0)
+    retain_output_files: int = Field(30 * 86400, ge=0)
+    retain_jobs: float = Field(30 * 86400, ge=0)  # a finished job and its micro-batch rows
+    retain_canary_samples: float = Field(7 * 86400, ge=0)  # after their canary ended
+    retain_drift: float = Field(7 * 86400, ge=0)  # drift reports and live feature samples
+    retain_online_requests: float = Field(3600, ge=0)  # embedded online requests left behind
+    retention_interval: float = Field(300.0, gt=0)
+    retention_chunk: int = Field(500, ge=1)  # rows deleted per transaction
+
+    # Backups (`backup.run`, `backup.verify`) of the store, adapters and configuration; they go
+    # to `backup_url` (file:// or s3://) when set, else under `backups/` in the blob store.
+    backup_url: str = ""
     backup_interval: float = Field(3600.0, gt=0)
     backup_verify_interval: float = Field(86400.0, gt=0)
     backup_keep_last: int = Field(24, ge=1)
@@ -136,7 +153,7 @@ class Settings(BaseSettings):
             raise ValueError(f"expected sqlite:///PATH or postgresql://..., got {value!r}")
         return value
 
-    @field_validator("blob_url")
+    @field_validator("blob_url", "backup_url")
     @classmethod
     def _blob_scheme(cls, value: str) -> str:
         if value and urlparse(value).scheme not in {"file", "s3"}:
@@ -174,8 +191,18 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.home / 'bemq.sqlite3').resolve()}"
 
     @property
+    def migrates_on_start(self) -> bool:
+        if self.migrate_on_start is not None:
+            return self.migrate_on_start
+        return urlparse(self.store_url).scheme == "sqlite"
+
+    @property
     def blobs_url(self) -> str:
         return self.blob_url or f"file://{(self.home / 'blobs').resolve()}"
+
+    @property
+    def backups_url(self) -> str:
+        return self.backup_url or self.blobs_url
 
     @property
     def broker_folder(self) -> Path:

@@ -1,6 +1,6 @@
 """Operator commands: `bemq canary|drift|backup|restore` run the same `ops` logic the
-beat-scheduled tasks run, against the configured store and blobs; `bemq serve|keys|flower`
-run and secure the HTTP gateway and Flower."""
+beat-scheduled tasks run, against the configured store and blobs; `bemq migrate` upgrades the
+store's schema; `bemq serve|keys|flower` run and secure the HTTP gateway and Flower."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ops.blobs import Blobs, open_blobs
 from ops.canary import controller
 from ops.drift import check as drift
 from ops.settings import Settings, load_settings, parse_steps
+from ops.store import migrations, open_store
 from producers.client import Client
 from producers.progress import when
 from schemas.canary import Canary
@@ -28,11 +29,12 @@ def client_for(ctx: click.Context) -> Client:
     return Client.from_env(tenant=(ctx.obj or {}).get("tenant"))
 
 
-def _blobs() -> tuple[Settings, Blobs]:
-    """Settings and blob store only: backup commands must work while the store is empty or
-    gone (a restore target)."""
+def _blobs() -> tuple[Settings, Blobs, Blobs]:
+    """Settings, the data's blob store and the backups' (BEMQ_BACKUP_URL) only: backup
+    commands must work while the store is empty or gone (a restore target)."""
     cfg = load_settings()
-    return cfg, open_blobs(cfg.blobs_url, endpoint_url=cfg.s3_endpoint_url)
+    return cfg, open_blobs(cfg.blobs_url, endpoint_url=cfg.s3_endpoint_url), \
+        backup.open_backups(cfg)
 
 
 # -- canary ------------------------------------------------------------------------------------
@@ -197,8 +199,8 @@ def backup_group() -> None:
 @backup_group.command("now")
 def backup_now() -> None:
     """Write a backup now (what backup.run does hourly)."""
-    cfg, blobs = _blobs()
-    manifest = backup.run(cfg, blobs)
+    cfg, blobs, backups = _blobs()
+    manifest = backup.run(cfg, blobs, backups)
     rows = sum(t.rows for t in manifest.tables.values())
     click.echo(f"{manifest.id}: {rows} rows in {len(manifest.tables)} tables, "
                f"{len(manifest.objects)} objects, {manifest.bytes} bytes")
@@ -209,9 +211,9 @@ def backup_list() -> None:
     """Complete backups, newest first, with their last verification."""
     table = Table("created (UTC)", "kind", "rows", "bytes", "verified", title="backups")
     table.add_column("id", no_wrap=True)
-    _, blobs = _blobs()
-    for m in backup.manifests(blobs):
-        v = backup.verification(blobs, m.id)
+    *_, backups = _blobs()
+    for m in backup.manifests(backups):
+        v = backup.verification(backups, m.id)
         verified = "-" if v is None else ("ok " if v["ok"] else "FAILED ") + when(v["at"])
         table.add_row(when(m.created_at), m.kind, str(sum(t.rows for t in m.tables.values())),
                       str(m.bytes), verified, m.id)
@@ -222,8 +224,8 @@ def backup_list() -> None:
 @click.argument("backup_id", required=False)
 def backup_verify(backup_id: str | None) -> None:
     """Restore a backup (default: newest) into a scratch store and compare with its manifest."""
-    cfg, blobs = _blobs()
-    result = backup.verify(cfg, blobs, backup_id)
+    cfg, _, backups = _blobs()
+    result = backup.verify(cfg, backups, backup_id)
     click.echo(f"{result['id']} verified: {len(result['tables'])} tables match")
 
 
@@ -232,12 +234,39 @@ def backup_verify(backup_id: str | None) -> None:
 @click.option("--database-url", default=None, help="target store (default BEMQ_DATABASE_URL)")
 def restore(backup_id: str, database_url: str | None) -> None:
     """Restore backup BACKUP_ID into an empty store, after checking every sha256."""
-    cfg, blobs = _blobs()
-    counts = backup.restore(cfg, blobs, backup_id, database_url)
+    cfg, blobs, backups = _blobs()
+    counts = backup.restore(cfg, blobs, backups, backup_id, database_url)
     table = Table("table", "rows", title=f"restored {backup_id}")
     for name, rows in counts.items():
         table.add_row(name, str(rows))
     Console().print(table)
+
+
+@click.command()
+@click.option("--database-url", default=None, help="store to migrate (default: the configured one)")
+@click.option("--check", is_flag=True, help="only say whether it is current; exit 1 if not")
+def migrate(database_url: str | None, check: bool) -> None:
+    """Bring the store's schema to the version this bemq knows (each step once, in its own
+    transaction; safe to run from several hosts at once)."""
+    cfg = load_settings()
+    store = open_store(database_url or cfg.store_url, pool_size=2,
+                       retry_seconds=cfg.db_retry_seconds)
+    try:
+        before = store.schema_version()
+        if check:
+            migrations.check(before)
+            click.echo(f"schema version {before}: current")
+            return
+        applied = store.migrate()
+        after = store.schema_version()
+        migrations.check(after)  # a store newer than this bemq is refused, not "current"
+        if applied:
+            click.echo(f"schema version {before} → {after} "
+                       f"(applied {', '.join(map(str, applied))})")
+        else:
+            click.echo(f"schema version {after}: already current")
+    finally:
+        store.close()
 
 
 # -- gateway -----------------------------------------------------------------------------------
@@ -319,4 +348,4 @@ def flower(address: str, port: int, basic_auth: str | None) -> None:
     os.execve(sys.executable, argv, env)
 
 
-COMMANDS = (canary, drift_group, backup_group, restore, serve, keys, flower)
+COMMANDS = (canary, drift_group, backup_group, restore, migrate, serve, keys, flower)

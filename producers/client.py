@@ -69,7 +69,7 @@ class Client:
             return
         self.store = open_store(self.settings.store_url, pool_size=self.settings.db_pool_size,
                                 retry_seconds=self.settings.db_retry_seconds)
-        self.store.init()
+        self.store.ensure_schema(migrate=self.settings.migrates_on_start)
         self.blobs = open_blobs(self.settings.blobs_url,
                                 endpoint_url=self.settings.s3_endpoint_url)
         self.model = model_files(self.settings.model_name, self.settings.model_dir)
@@ -89,12 +89,28 @@ class Client:
         self.close()
 
     # -- files ---------------------------------------------------------------------------
-    def upload_file(self, data: bytes, filename: str, purpose: str = "batch") -> FileObject:
-        obj = FileObject(id=new_file_id(), bytes=len(data), created_at=int(time.time()),
-                         filename=filename, purpose=purpose, tenant=self.tenant)
+    def upload_file(self, data: bytes, filename: str, purpose: str = "batch", *,
+                    expires_after: int | None = None) -> FileObject:
+        """Store a file; it expires `expires_after` seconds after its creation (default:
+        BEMQ_RETAIN_INPUT_FILES; 0 there keeps it until deleted)."""
+        if expires_after is not None and expires_after < 1:
+            raise ValueError(f"expires_after: seconds must be positive, got {expires_after}")
+        now = int(time.time())
+        keep = expires_after if expires_after is not None else self.settings.retain_input_files
+        obj = FileObject(id=new_file_id(), bytes=len(data), created_at=now, filename=filename,
+                         purpose=purpose, tenant=self.tenant,
+                         expires_at=now + keep if keep else None)
         self.blobs.put(file_key(obj.id), data)
         self.store.add_file(obj, file_key(obj.id))
         return obj
+
+    def files(self, *, purpose: str | None = None, after: str | None = None, limit: int = 20,
+              order: str = "desc") -> list[FileObject]:
+        """This tenant's files that have not expired, newest first (`order="asc"`: oldest)."""
+        if order not in ("asc", "desc"):
+            raise ValueError(f"order: expected asc or desc, got {order!r}")
+        return self.store.list_files(self.tenant, purpose=purpose, after=after, limit=limit,
+                                     descending=order == "desc")
 
     def file(self, file_id: str) -> FileObject:
         return self._file(file_id)[0]
@@ -107,10 +123,13 @@ class Client:
             raise NotFound(f"no file {file_id!r}") from None
 
     def delete_file(self, file_id: str) -> None:
-        """Remove a file's record and bytes (jobs that used it keep their own outputs)."""
+        """Remove a file (jobs that used it keep their own outputs): it expires now, so it is
+        gone for its users at once, then its bytes and its row go (if this is cut short,
+        `retention.run` finishes it)."""
         _, key = self._file(file_id)
-        self.store.delete_file(file_id)
+        self.store.expire_file(file_id)
         self.blobs.delete(key)
+        self.store.delete_file(file_id)
 
     def _file(self, file_id: str) -> tuple[FileObject, str]:
         """This tenant's file and the blob key of its bytes; another tenant's is not found."""
@@ -130,29 +149,40 @@ class Client:
 
     # -- jobs ----------------------------------------------------------------------------
     def submit_job(self, items: ItemsLike, *, model: str | None = None,
-                   metadata: dict[str, str] | None = None,
-                   completion_window: str = "24h") -> Job:
+                   metadata: dict[str, str] | None = None, completion_window: str = "24h",
+                   output_expires_after: int | None = None) -> Job:
         """Submit a JSONL path, raw JSONL bytes, or a list of texts / request dicts.
 
         Raises `InvalidBatch` (carrying the failed job) when validation finds errors."""
         data, filename = self._input_bytes(items, model or self.settings.model_name)
         upload = self.upload_file(data, filename)
         return self.create_batch(upload.id, metadata=metadata,
-                                 completion_window=completion_window)
+                                 completion_window=completion_window,
+                                 output_expires_after=output_expires_after)
 
     def create_batch(self, input_file_id: str, *, endpoint: str = ENDPOINT_EMBEDDINGS,
                      completion_window: str = "24h",
-                     metadata: dict[str, str] | None = None) -> Job:
+                     metadata: dict[str, str] | None = None,
+                     output_expires_after: int | None = None) -> Job:
+        """Validate the input file and enqueue its items. The job's output and error files
+        expire `output_expires_after` seconds after they are written (default:
+        BEMQ_RETAIN_OUTPUT_FILES; 0 there keeps them until deleted)."""
         if endpoint != ENDPOINT_EMBEDDINGS:
             raise ValueError(f"endpoint: only {ENDPOINT_EMBEDDINGS} is served, got {endpoint!r}")
         if completion_window not in COMPLETION_WINDOWS:
             raise ValueError(f"completion_window: expected one of {sorted(COMPLETION_WINDOWS)}")
+        if output_expires_after is not None and output_expires_after < 1:
+            raise ValueError(f"output_expires_after: seconds must be positive, "
+                             f"got {output_expires_after}")
         _, input_key = self._file(input_file_id)
         now = int(time.time())
+        keep = output_expires_after if output_expires_after is not None \
+            else self.settings.retain_output_files
         job = Job(id=new_job_id(), status=JobStatus.VALIDATING, created_at=now,
                   input_file_id=input_file_id, completion_window=completion_window,
                   expires_at=now + COMPLETION_WINDOWS[completion_window],
-                  metadata=metadata, tenant=self.tenant, model=self.settings.model_name)
+                  metadata=metadata, tenant=self.tenant, model=self.settings.model_name,
+                  output_expires_after=keep or None)
         self.store.create_job(job)
 
         cfg = self.settings

@@ -126,9 +126,12 @@ class BatchObject(BaseModel):
 
 
 class Job(BatchObject):
-    """A batch job: the OpenAI Batch object plus what bemq keeps for itself."""
+    """A batch job: the OpenAI Batch object plus what bemq keeps for itself.
+    `output_expires_after`: seconds its output and error files live once written (None: kept
+    until deleted)."""
 
     tenant: str = "default"
+    output_expires_after: int | None = None
     micro_batches: int = 0
     dead_micro_batches: int = 0
 
@@ -157,6 +160,15 @@ class OutputLine(BaseModel):
     error: LineError | None = None
 
 
+class ExpiresAfter(BaseModel):
+    """OpenAI's `expires_after` (files) and `output_expires_after` (batches): an expiry
+    `seconds` after the anchor, between one hour and 30 days as OpenAI allows."""
+
+    model_config = ConfigDict(extra="forbid")
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2_592_000)
+
+
 class OpenAIFile(BaseModel):
     """OpenAI's File object: what the HTTP gateway returns."""
 
@@ -167,6 +179,7 @@ class OpenAIFile(BaseModel):
     filename: str
     purpose: str
     status: Literal["processed"] = "processed"
+    expires_at: int | None = None
 
 
 class FileObject(OpenAIFile):

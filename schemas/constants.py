@@ -11,8 +11,9 @@ TASK_CANARY_STEP = "bemq.canary.step"
 TASK_DRIFT_CHECK = "bemq.drift.check"
 TASK_BACKUP_RUN = "bemq.backup.run"
 TASK_BACKUP_VERIFY = "bemq.backup.verify"
+TASK_RETENTION = "bemq.retention.run"
 OPS_TASKS = (TASK_RECONCILE, TASK_CANARY_STEP, TASK_DRIFT_CHECK, TASK_BACKUP_RUN,
-             TASK_BACKUP_VERIFY)
+             TASK_BACKUP_VERIFY, TASK_RETENTION)
 # Beat entry names (celery beat's schedule keys; BEMQ_WORKER_SCHEDULE names them too) → task.
 SCHEDULED_TASKS = {
     "jobs.reconcile": TASK_RECONCILE,
@@ -20,6 +21,7 @@ SCHEDULED_TASKS = {
     "drift.check": TASK_DRIFT_CHECK,
     "backup.run": TASK_BACKUP_RUN,
     "backup.verify": TASK_BACKUP_VERIFY,
+    "retention.run": TASK_RETENTION,
 }
 SCHEDULED = tuple(SCHEDULED_TASKS)
 

@@ -1,11 +1,13 @@
-"""Beat-scheduled tasks of the ops queue. Thin: the logic lives in `ops.canary`, `ops.drift` and
-`ops.backup`; these only bind it to the worker's store, blob store and settings."""
+"""Beat-scheduled tasks of the ops queue. Thin: the logic lives in `ops.canary`, `ops.drift`,
+`ops.backup` and `ops.retention`; these only bind it to the worker's store, blob stores and
+settings."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from ops import retention
 from ops.backup import service as backup
 from ops.canary import controller
 from ops.drift import check as drift
@@ -14,6 +16,7 @@ from schemas.constants import (
     TASK_BACKUP_VERIFY,
     TASK_CANARY_STEP,
     TASK_DRIFT_CHECK,
+    TASK_RETENTION,
 )
 from workers.app import app
 from workers.runtime import runtime
@@ -46,7 +49,7 @@ def drift_check() -> dict[str, Any]:
 @app.task(name=TASK_BACKUP_RUN)
 def backup_run() -> dict[str, Any]:
     rt = runtime()
-    manifest = backup.run(rt.settings, rt.blobs)
+    manifest = backup.run(rt.settings, rt.blobs, rt.backups)
     log.info("backup %s written: %d bytes", manifest.id, manifest.bytes)
     return {"id": manifest.id, "bytes": manifest.bytes}
 
@@ -55,9 +58,15 @@ def backup_run() -> dict[str, Any]:
 def backup_verify() -> dict[str, Any]:
     rt = runtime()
     try:
-        result = backup.verify(rt.settings, rt.blobs)
+        result = backup.verify(rt.settings, rt.backups)
     except Exception:
         log.exception("backup verification failed")
         raise
     log.info("backup %s verified", result["id"])
     return result
+
+
+@app.task(name=TASK_RETENTION)
+def retention_run() -> dict[str, int]:
+    rt = runtime()
+    return retention.run(rt.store, rt.blobs, rt.settings)

@@ -50,13 +50,19 @@ class Runtime:
         self.store: Store = open_store(
             cfg.store_url, pool_size=cfg.db_pool_size, retry_seconds=cfg.db_retry_seconds
         )
-        self.store.init()
+        self.store.ensure_schema(migrate=cfg.migrates_on_start)
         self.blobs: Blobs = open_blobs(cfg.blobs_url, endpoint_url=cfg.s3_endpoint_url)
         self.files: ModelFiles = model_files(cfg.model_name, cfg.model_dir)
         self._installed: list[str] = []
         self.token_budget = cfg.max_batch_tokens
         metrics.TOKEN_BUDGET.set(self.token_budget)
         self.gate = ForwardGate(cfg.online_priority_burst)
+
+    @functools.cached_property
+    def backups(self) -> Blobs:
+        from ops.backup.service import open_backups
+
+        return open_backups(self.settings)
 
     @functools.cached_property
     def device(self) -> torch.device:

@@ -92,7 +92,7 @@ def _on_ready(sender, **_: object) -> None:  # type: ignore[no-untyped-def]
         REGISTRY.register(GpuMemoryCollector())
     if QUEUE_OPS in queues:
         REGISTRY.register(StateCollector(rt.settings, rt.store))
-        newest = backup.manifests(rt.blobs)[:1]
+        newest = backup.manifests(rt.backups)[:1]
         if newest:  # so "backup older than its schedule" holds across ops worker restarts
             metrics.BACKUP_LAST_SUCCESS.set(newest[0].created_at)
     metrics.serve(rt.settings.metrics_port)

@@ -1,7 +1,9 @@
 """Backup operations: `run` (hourly), `verify` (daily), `restore`, `list`, and retention.
 
-Restore and verify check every object's sha256 against the manifest before anything is written,
-so a corrupted or incomplete backup is refused without touching the target.
+Backups live in their own blob store (`open_backups`: BEMQ_BACKUP_URL, by default the data's
+blob store), under `backups/`; `blobs` below is always the data's (adapter files come from and
+return to it). Restore and verify check every object's sha256 against the manifest before
+anything is written, so a corrupted or incomplete backup is refused without touching the target.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from ops.backup.manifest import (
     manifest_key,
     verify_key,
 )
-from ops.blobs import BlobNotFound, Blobs
+from ops.blobs import BlobNotFound, Blobs, open_blobs
 from ops.settings import Settings
-from ops.store.base import SCHEMA_VERSION
+from ops.store import migrations
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,14 @@ class BackupError(RuntimeError):
     """A backup is missing, incomplete or corrupted; the message says which object."""
 
 
-def run(cfg: Settings, blobs: Blobs) -> Manifest:
-    """Snapshot the store, copy adapter files and the configuration, write the manifest last,
-    then apply retention."""
+def open_backups(cfg: Settings) -> Blobs:
+    """Where backups go: BEMQ_BACKUP_URL, or the data's blob store."""
+    return open_blobs(cfg.backups_url, endpoint_url=cfg.s3_endpoint_url)
+
+
+def run(cfg: Settings, blobs: Blobs, backups: Blobs) -> Manifest:
+    """Snapshot the store, copy adapter files and the configuration into `backups`, write the
+    manifest last, then apply retention."""
     now = time.time()
     backup_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(3)
     base = folder(backup_id)
@@ -56,7 +63,7 @@ def run(cfg: Settings, blobs: Blobs) -> Manifest:
                 h.update(chunk)
                 yield chunk
 
-        size = blobs.put_chunks(base + key, hashed())
+        size = backups.put_chunks(base + key, hashed())
         objects.append(ObjectEntry(key=key, sha256=h.hexdigest(), bytes=size))
         return h.hexdigest(), size
 
@@ -66,11 +73,11 @@ def run(cfg: Settings, blobs: Blobs) -> Manifest:
     for key in blobs.list(adapters.PREFIX):
         put(key, [blobs.get(key)])
     put("config.json", [json.dumps(effective_config(cfg), indent=2).encode()])
-    manifest = Manifest(id=backup_id, created_at=now, kind=kind, schema_version=SCHEMA_VERSION,
+    manifest = Manifest(id=backup_id, created_at=now, kind=kind, schema_version=migrations.latest(),
                         tables=tables, objects=objects)
-    blobs.put(manifest_key(backup_id), manifest.model_dump_json(indent=2).encode())
+    backups.put(manifest_key(backup_id), manifest.model_dump_json(indent=2).encode())
     metrics.BACKUP_LAST_SUCCESS.set(now)
-    prune(cfg, blobs, now)
+    prune(cfg, backups, now)
     return manifest
 
 
@@ -118,32 +125,32 @@ def fetch_checked(blobs: Blobs, manifest: Manifest) -> dict[str, bytes]:
     return out
 
 
-def restore(cfg: Settings, blobs: Blobs, backup_id: str, target_url: str | None = None
-            ) -> dict[str, int]:
-    """Restore a backup into an empty store at `target_url` (default: the configured store)
-    and put back its adapter files; returns row counts per table."""
-    manifest = load(blobs, backup_id)
+def restore(cfg: Settings, blobs: Blobs, backups: Blobs, backup_id: str,
+            target_url: str | None = None) -> dict[str, int]:
+    """Restore a backup from `backups` into an empty store at `target_url` (default: the
+    configured store) and put its adapter files back into `blobs`; returns rows per table."""
+    manifest = load(backups, backup_id)
     target = target_url or cfg.store_url
     _check_kind(manifest, target)
-    objects = fetch_checked(blobs, manifest)
-    counts = _restore_tables(manifest, objects, target)
+    objects = fetch_checked(backups, manifest)
+    counts = _restore_tables(manifest, objects, target, upgrade=True)
     for key, data in objects.items():
         if key.startswith(adapters.PREFIX):
             blobs.put(key, data)
     return counts
 
 
-def verify(cfg: Settings, blobs: Blobs, backup_id: str | None = None) -> dict[str, Any]:
+def verify(cfg: Settings, backups: Blobs, backup_id: str | None = None) -> dict[str, Any]:
     """Restore a backup (default: the newest) into a scratch database or file and compare
     every table's row count and digest with the manifest. The result is written beside the
     manifest; a failure counts in `bem_backup_verify_failures_total` and raises."""
-    found = manifests(blobs) if backup_id is None else [load(blobs, backup_id)]
+    found = manifests(backups) if backup_id is None else [load(backups, backup_id)]
     if not found:
         raise BackupError("no backup to verify")
     manifest = found[0]
     result: dict[str, Any] = {"id": manifest.id, "at": time.time(), "ok": False}
     try:
-        objects = fetch_checked(blobs, manifest)
+        objects = fetch_checked(backups, manifest)
         restored = _scratch_digests(cfg, manifest, objects)
         mismatched = [t for t, e in manifest.tables.items()
                       if restored.get(t) is None or restored[t].sha256 != e.sha256
@@ -160,7 +167,7 @@ def verify(cfg: Settings, blobs: Blobs, backup_id: str | None = None) -> dict[st
         metrics.BACKUP_VERIFY_FAILURES.inc()
         raise
     finally:
-        blobs.put(verify_key(manifest.id), json.dumps(result, indent=2).encode())
+        backups.put(verify_key(manifest.id), json.dumps(result, indent=2).encode())
 
 
 def verification(blobs: Blobs, backup_id: str) -> dict[str, Any] | None:
@@ -204,17 +211,20 @@ def _check_kind(manifest: Manifest, target: str) -> None:
     if kind != manifest.kind:
         raise snapshot.RestoreRefused(f"backup {manifest.id} is of a {manifest.kind} store; "
                                       f"the target is {kind}")
-    if manifest.schema_version > SCHEMA_VERSION:
+    if manifest.schema_version > migrations.latest():
         raise snapshot.RestoreRefused(f"backup {manifest.id} has schema version "
                                       f"{manifest.schema_version}; this bemq knows up to "
-                                      f"{SCHEMA_VERSION}")
+                                      f"{migrations.latest()}")
 
 
-def _restore_tables(manifest: Manifest, objects: dict[str, bytes], target: str
-                    ) -> dict[str, int]:
+def _restore_tables(manifest: Manifest, objects: dict[str, bytes], target: str, *,
+                    upgrade: bool) -> dict[str, int]:
+    """Restore at the backup's schema version, then (`upgrade`) migrate to this bemq's."""
     if manifest.kind == "sqlite":
-        return snapshot.sqlite_restore(target, objects, manifest.tables)
-    return snapshot.pg_restore(target, objects, manifest.tables)
+        return snapshot.sqlite_restore(target, objects, manifest.tables, manifest.schema_version,
+                                       upgrade=upgrade)
+    return snapshot.pg_restore(target, objects, manifest.tables, manifest.schema_version,
+                               upgrade=upgrade)
 
 
 def _scratch_digests(cfg: Settings, manifest: Manifest, objects: dict[str, bytes]
@@ -222,11 +232,11 @@ def _scratch_digests(cfg: Settings, manifest: Manifest, objects: dict[str, bytes
     if manifest.kind == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "verify.sqlite3"
-            snapshot.sqlite_restore(f"sqlite:///{path}", objects, manifest.tables)
+            _restore_tables(manifest, objects, f"sqlite:///{path}", upgrade=False)
             return snapshot.sqlite_digests(path)
     if snapshot.kind_of(cfg.store_url) != "postgresql":
         raise BackupError(f"backup {manifest.id} is of PostgreSQL; verify needs a PostgreSQL "
                           "store to make a scratch database beside")
     with snapshot.pg_scratch(cfg.store_url, f"bemq_verify_{secrets.token_hex(4)}") as scratch:
-        snapshot.pg_restore(scratch, objects, manifest.tables)
+        _restore_tables(manifest, objects, scratch, upgrade=False)
         return snapshot.pg_digests(scratch)

@@ -95,13 +95,11 @@ def pg_digests(url: str) -> dict[str, TableEntry]:
     return pg_dump(url, digest_only)
 
 
-def pg_restore(url: str, objects: Mapping[str, bytes], tables: Mapping[str, TableEntry]
-               ) -> dict[str, int]:
-    store = open_store(url, retry_seconds=5)
-    try:
-        store.init()
-    finally:
-        store.close()
+def pg_restore(url: str, objects: Mapping[str, bytes], tables: Mapping[str, TableEntry],
+               version: int, *, upgrade: bool) -> dict[str, int]:
+    """Create the backup's schema `version` in the empty database at `url`, load every table in
+    one transaction, then (`upgrade`) migrate to this bemq's version."""
+    _migrate(url, version)
     with psycopg.connect(url) as conn:
         with conn.cursor() as cur:
             for table in TABLES:
@@ -116,9 +114,11 @@ def pg_restore(url: str, objects: Mapping[str, bytes], tables: Mapping[str, Tabl
                     continue
                 with cur.copy(f"COPY {table} ({', '.join(entry.columns)}) FROM STDIN") as copy:
                     copy.write(objects[table_object(table)])
-        with conn.cursor() as cur:
-            return {t: cur.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # type: ignore[index]
-                    for t in TABLES}
+    if upgrade:
+        _migrate(url, None)
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        return {t: cur.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+                for t in TABLES}
 
 
 @contextlib.contextmanager
@@ -133,6 +133,14 @@ def pg_scratch(url: str, name: str) -> Iterator[str]:
     finally:
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _migrate(url: str, target: int | None) -> None:
+    store = open_store(url, retry_seconds=5)
+    try:
+        store.migrate(target)
+    finally:
+        store.close()
 
 
 # -- SQLite --------------------------------------------------------------------------------
@@ -177,8 +185,10 @@ def sqlite_dump(url: str, put: Put) -> dict[str, TableEntry]:
     return tables
 
 
-def sqlite_restore(url: str, objects: Mapping[str, bytes], tables: Mapping[str, TableEntry]
-                   ) -> dict[str, int]:
+def sqlite_restore(url: str, objects: Mapping[str, bytes], tables: Mapping[str, TableEntry],
+                   version: int, *, upgrade: bool) -> dict[str, int]:
+    """Put the backup's file in place (it holds schema `version`), then (`upgrade`) migrate to
+    this bemq's version."""
     path = _sqlite_path(url)
     if path.exists():
         try:
@@ -194,9 +204,5 @@ def sqlite_restore(url: str, objects: Mapping[str, bytes], tables: Mapping[str, 
     for leftover in (Path(f"{path}-wal"), Path(f"{path}-shm")):
         leftover.unlink(missing_ok=True)
     os.replace(tmp, path)
-    store = open_store(url, retry_seconds=5)
-    try:
-        store.init()  # migrate an older backup's schema
-    finally:
-        store.close()
+    _migrate(url, None if upgrade else version)
     return {t: e.rows for t, e in sqlite_digests(path).items()}

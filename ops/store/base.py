@@ -8,25 +8,29 @@ completion.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum
 import json
+import logging
 import time
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
+from ops.store import migrations
 from ops.store.canary import CanaryRecords
 from ops.store.core import Cursor, Transactional, retried
 from ops.store.features import Feature, FeatureRecords
 from ops.store.gateway import GatewayRecords
+from ops.store.retention import RetentionRecords
 from ops.store.rows import FILE_COLUMNS, JOB_COLUMNS, file_from_row, job_from_row
 from schemas.adapters import AdapterRecord
 from schemas.batch import STATUS_TIMESTAMP, BatchErrors, FileObject, Job, JobStatus
 from schemas.canary import Sample
 from schemas.microbatch import Item, MicroBatch, MicroBatchState
 
-SCHEMA_VERSION = 3
+log = logging.getLogger(__name__)
+
 OPEN_STATES = (MicroBatchState.QUEUED.value, MicroBatchState.RUNNING.value)
 
 
@@ -44,26 +48,53 @@ class Claim:
     micro_batch: MicroBatch | None = None
 
 
-class Store(CanaryRecords, FeatureRecords, GatewayRecords, Transactional):
+class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Transactional):
     @retried
     def ping(self) -> None:
         with self.tx() as cur:
             cur.execute("SELECT 1")
 
     # -- schema --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _has_schema_table(self, cur: Cursor) -> bool:
+        """Whether the `schema_version` table exists (an empty store has none)."""
+
+    @abc.abstractmethod
+    def _lock_schema(self, cur: Cursor) -> None:
+        """Hold, until the transaction ends, the lock that serialises migrations."""
+
     @retried
-    def init(self) -> None:
-        """Create or migrate the schema; safe to run from every process at every start."""
-        ddl = resources.files("schemas").joinpath("sql/schema.sql").read_text()
+    def schema_version(self) -> int:
         with self.tx() as cur:
-            for statement in (s.strip() for s in ddl.split(";")):
-                if statement:
-                    cur.execute(statement)
-            cur.execute(
-                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?) "
-                "ON CONFLICT (version) DO NOTHING",
-                (SCHEMA_VERSION, time.time()),
-            )
+            return migrations.read_version(cur, self._has_schema_table(cur))
+
+    def migrate(self, target: int | None = None) -> list[int]:
+        """Apply every step up to `target` (default: the newest) that the store lacks, each in
+        its own transaction; returns the versions this call applied."""
+        applied = []
+        for step in migrations.migrations():
+            if target is not None and step.version > target:
+                break
+            if self._apply_step(step):
+                applied.append(step.version)
+        return applied
+
+    @retried
+    def _apply_step(self, step: migrations.Migration) -> bool:
+        with self.tx() as cur:
+            self._lock_schema(cur)
+            if migrations.read_version(cur, self._has_schema_table(cur)) >= step.version:
+                return False
+            migrations.apply(cur, step)
+        log.info("store migrated to schema version %d (%s)", step.version, step.name)
+        return True
+
+    def ensure_schema(self, migrate: bool) -> None:
+        """At a process's start: migrate if allowed, else refuse a store whose version is not
+        the one this code knows (`SchemaMismatch`, naming both versions)."""
+        if migrate and self.schema_version() < migrations.latest():
+            self.migrate()
+        migrations.check(self.schema_version())
 
     # -- jobs ----------------------------------------------------------------------------
     @retried
@@ -75,6 +106,7 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, Transactional):
             "completion_window": job.completion_window, "created_at": job.created_at,
             "expires_at": job.expires_at,
             "metadata": json.dumps(job.metadata) if job.metadata is not None else None,
+            "output_expires_after": job.output_expires_after,
         }
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
@@ -327,8 +359,11 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, Transactional):
         state = MicroBatchState.DEAD if dead else MicroBatchState.DONE
         marks = ", ".join("?" for _ in OPEN_STATES)
         with self.tx() as cur:
+            # The items (texts, token lengths, routing) are in the shards now: a finished
+            # micro-batch row keeps a few numbers, not its whole input.
             cur.execute(
                 f"UPDATE micro_batches SET state = ?, n_ok = ?, n_err = ?, lease_until = NULL, "
+                f"items = '[]', "
                 f"last_error = COALESCE(?, last_error) "
                 f"WHERE job_id = ? AND seq = ? AND state IN ({marks})",
                 (state.value, n_ok, n_err, error, job_id, seq, *OPEN_STATES),
@@ -408,27 +443,25 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, Transactional):
     def add_file(self, obj: FileObject, blob_key: str) -> None:
         with self.tx() as cur:
             cur.execute(
-                f"INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (id) DO NOTHING",
                 (obj.id, obj.tenant, obj.purpose, obj.filename, obj.bytes, obj.created_at,
-                 blob_key),
+                 obj.expires_at, blob_key),
             )
 
     @retried
     def get_file(self, file_id: str, tenant: str | None = None) -> tuple[FileObject, str] | None:
-        sql = f"SELECT {FILE_COLUMNS} FROM files WHERE id = ?"
-        params: list[Any] = [file_id]
+        """A file that has not expired (an expired one is gone for its users at once, before
+        `retention.run` removes it), with the blob key of its bytes."""
+        sql = (f"SELECT {FILE_COLUMNS} FROM files WHERE id = ? "
+               "AND (expires_at IS NULL OR expires_at > ?)")
+        params: list[Any] = [file_id, int(time.time())]
         if tenant is not None:
             sql += " AND tenant = ?"
             params.append(tenant)
         with self.tx() as cur:
             row = cur.execute(sql, params).fetchone()
         return file_from_row(row) if row else None
-
-    @retried
-    def delete_file(self, file_id: str) -> None:
-        with self.tx() as cur:
-            cur.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
     # -- adapters ------------------------------------------------------------------------
     @retried

@@ -17,6 +17,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ops.store.base import Store
 from ops.store.core import TransientStoreError
 
+# Advisory lock key that serialises migrations across hosts (any constant no one else uses).
+SCHEMA_LOCK = 0x62656D71  # "bemq"
+
 
 class _Cursor:
     """psycopg cursor that takes the `?` placeholders the shared SQL is written with."""
@@ -65,6 +68,13 @@ class PostgresStore(Store):
                 yield _Cursor(conn.cursor())
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise TransientStoreError(str(exc).strip().splitlines()[0]) from exc
+
+    def _has_schema_table(self, cur: Any) -> bool:
+        row = cur.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        return bool(row and row[0])
+
+    def _lock_schema(self, cur: Any) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
 
     def close(self) -> None:
         self.pool.close()

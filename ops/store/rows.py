@@ -11,11 +11,11 @@ JOB_COLUMNS = (
     "id, tenant, model, endpoint, status, input_file_id, output_file_id, error_file_id, "
     "completion_window, created_at, in_progress_at, expires_at, finalizing_at, completed_at, "
     "failed_at, expired_at, cancelling_at, cancelled_at, total, completed, failed, "
-    "micro_batches, errors, metadata"
+    "micro_batches, errors, metadata, output_expires_after"
 )
 JOB_FIELDS = [c.strip() for c in JOB_COLUMNS.split(",")]
 
-FILE_COLUMNS = "id, tenant, purpose, filename, bytes, created_at, blob_key"
+FILE_COLUMNS = "id, tenant, purpose, filename, bytes, created_at, expires_at, blob_key"
 
 
 def job_from_row(row: tuple[Any, ...], dead: int = 0) -> Job:
@@ -38,9 +38,9 @@ def job_from_row(row: tuple[Any, ...], dead: int = 0) -> Job:
 
 def file_from_row(row: tuple[Any, ...]) -> tuple[FileObject, str]:
     """The file object and the blob key that holds its bytes."""
-    fid, tenant, purpose, filename, size, created_at, blob_key = row
+    fid, tenant, purpose, filename, size, created_at, expires_at, blob_key = row
     obj = FileObject(
         id=fid, tenant=tenant, purpose=purpose, filename=filename, bytes=size,
-        created_at=created_at,
+        created_at=created_at, expires_at=expires_at,
     )
     return obj, blob_key

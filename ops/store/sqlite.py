@@ -55,6 +55,13 @@ class SqliteStore(Store):
             raise
         conn.execute("COMMIT")
 
+    def _has_schema_table(self, cur: Any) -> bool:
+        return cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                           "AND name = 'schema_version'").fetchone() is not None
+
+    def _lock_schema(self, cur: Any) -> None:
+        """Nothing to add: `tx` begins IMMEDIATE, which holds the database's write lock."""
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ops import apikeys
@@ -38,7 +39,21 @@ from producers.http.errors import (
 )
 from producers.http.middleware import BodyLimit, RequestMetrics
 from producers.validate import resolve_adapter, token_lengths
-from schemas.batch import BatchObject, OpenAIFile
+from schemas.batch import BatchObject, ExpiresAfter, OpenAIFile
+
+
+def _expires_after(anchor: str | None, seconds: int | None) -> int | None:
+    """The multipart form's `expires_after[anchor]` and `expires_after[seconds]`, checked as
+    OpenAI checks them; None when neither is given."""
+    if anchor is None and seconds is None:
+        return None
+    try:
+        return ExpiresAfter(anchor=anchor, seconds=seconds).seconds  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = f"expires_after[{err['loc'][0]}]"
+        raise APIError(400, f"{param}: {err['msg']}", param=param,
+                       code="invalid_value") from None
 
 
 class Caller:
@@ -111,14 +126,29 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     @app.post("/v1/files", response_model=OpenAIFile, tags=["files"],
               responses=documented(400, 401, 413, 429))
     def upload_file(who: Auth, file: Annotated[UploadFile, File()],
-                    purpose: Annotated[Literal["batch"], Form()]) -> OpenAIFile:
+                    purpose: Annotated[Literal["batch"], Form()],
+                    anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,
+                    seconds: Annotated[int | None, Form(alias="expires_after[seconds]")] = None,
+                    ) -> OpenAIFile:
+        expiry = _expires_after(anchor, seconds)
         data = file.file.read(cfg.max_file_bytes + 1)
         if len(data) > cfg.max_file_bytes:
             raise APIError(413, f"file: larger than {cfg.max_file_bytes} bytes", param="file",
                            code="file_too_large")
         name = (file.filename or "upload.jsonl")[:255]
-        obj = client(who).upload_file(data, name, purpose)
+        obj = client(who).upload_file(data, name, purpose, expires_after=expiry)
         return obj.public()
+
+    @app.get("/v1/files", response_model=m.FileList, tags=["files"],
+             responses=documented(400, 401, 429))
+    def list_files(who: Auth, purpose: Annotated[str | None, Query(max_length=64)] = None,
+                   limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+                   after: Annotated[str | None, Query(max_length=128)] = None,
+                   order: Annotated[Literal["asc", "desc"], Query()] = "desc") -> m.FileList:
+        found = client(who).files(purpose=purpose, after=after, limit=limit + 1, order=order)
+        page = [f.public() for f in found[:limit]]
+        return m.FileList(data=page, first_id=page[0].id if page else None,
+                          last_id=page[-1].id if page else None, has_more=len(found) > limit)
 
     @app.get("/v1/files/{file_id}", response_model=OpenAIFile, tags=["files"],
              responses=documented(401, 404, 429))
@@ -145,9 +175,11 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
               responses=documented(400, 401, 404, 429))
     def create_batch(who: Auth, body: m.BatchIn) -> BatchObject:
         try:
+            expiry = body.output_expires_after
             job = client(who).create_batch(body.input_file_id, endpoint=body.endpoint,
                                            completion_window=body.completion_window,
-                                           metadata=body.metadata)
+                                           metadata=body.metadata,
+                                           output_expires_after=expiry and expiry.seconds)
         except NotFound as exc:
             raise APIError(404, f"input_file_id: {exc}", param="input_file_id",
                            code="not_found") from None

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.batch import BatchObject
+from schemas.batch import BatchObject, ExpiresAfter, OpenAIFile
 
 
 class FileDeleted(BaseModel):
@@ -22,6 +22,15 @@ class BatchIn(BaseModel):
     endpoint: Literal["/v1/embeddings"]
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = Field(None, max_length=16)
+    output_expires_after: ExpiresAfter | None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIFile]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
 
 
 class BatchList(BaseModel):

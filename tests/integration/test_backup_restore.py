@@ -45,7 +45,8 @@ def lose_store(env: dict[str, str]) -> None:
 
 def test_restore_after_losing_the_database(deployment_env: dict[str, str],
                                            tmp_path: Path) -> None:
-    env = deployment_env
+    """Backups to their own target (BEMQ_BACKUP_URL): lose the store, restore from there."""
+    env = deployment_env | {"BEMQ_BACKUP_URL": f"file://{tmp_path / 'backups'}"}
     cfg = settings_for(env)
     with Client(cfg) as client:
         adapter = tmp_path / "v1.safetensors"
@@ -69,6 +70,8 @@ def test_restore_after_losing_the_database(deployment_env: dict[str, str],
     backup_id = made.stdout.split(":")[0]
     listed = bemq(env, "backup", "list")
     assert backup_id in listed.stdout
+    assert (tmp_path / "backups" / folder(backup_id) / "manifest.json").exists()
+    assert open_blobs(cfg.blobs_url, endpoint_url=cfg.s3_endpoint_url).list("backups/") == []
 
     lose_store(env)
     blobs = open_blobs(cfg.blobs_url, endpoint_url=cfg.s3_endpoint_url)
@@ -97,13 +100,13 @@ def test_corrupted_backup_is_refused_and_target_untouched(deployment_env: dict[s
     cfg = settings_for(env)
     with Client(cfg) as client:
         client.upload_file(b'{"x": 1}\n', "keep.jsonl")
-    manifest = backup.run(cfg, client.blobs)
     blobs = open_blobs(cfg.blobs_url, endpoint_url=cfg.s3_endpoint_url)
+    manifest = backup.run(cfg, client.blobs, blobs)
     victim = manifest.objects[0].key
     blobs.put(folder(manifest.id) + victim, b"not the bytes that were backed up")
 
     sqlite_target = f"sqlite:///{tmp_path / 'target.sqlite3'}"
-    target = create_database() if cfg.database_url else sqlite_target
+    target = create_database(migrated=False) if cfg.database_url else sqlite_target
     try:
         refused = bemq(env, "restore", manifest.id, "--database-url", target)
         assert refused.returncode == 1
@@ -132,11 +135,12 @@ def test_retention_keeps_the_last_n_and_the_young(tmp_path: Path) -> None:
                                              "BEMQ_BACKUP_KEEP_DAYS": "0"}
     cfg = settings_for(env)
     Client(cfg).close()
+    blobs = open_blobs(cfg.blobs_url)
     ids = []
     for _ in range(4):
-        ids.append(backup.run(cfg, open_blobs(cfg.blobs_url)).id)
-    kept = [m.id for m in backup.manifests(open_blobs(cfg.blobs_url))]
+        ids.append(backup.run(cfg, blobs, blobs).id)
+    kept = [m.id for m in backup.manifests(blobs)]
     assert kept == ids[:-3:-1]
     young = settings_for(env | {"BEMQ_BACKUP_KEEP_DAYS": "1"})
-    backup.run(young, open_blobs(cfg.blobs_url))
-    assert len(backup.manifests(open_blobs(cfg.blobs_url))) == 3
+    backup.run(young, blobs, blobs)
+    assert len(backup.manifests(blobs)) == 3

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.services import free_port, require, wait_port
+from tests.support.services import free_port, migrate, require, wait_port
 
 
 class PrivateRedis:
@@ -65,6 +65,7 @@ class PrivatePostgres:
         self._run(["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.start()
+        migrate(self.url)
 
     def _run(self, cmd: list[str]) -> None:
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root

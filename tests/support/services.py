@@ -60,8 +60,10 @@ def drop_prefix(client, prefix: str) -> None:  # type: ignore[no-untyped-def]
         client.delete(key)
 
 
-def create_database() -> str:
-    """A fresh PostgreSQL database; returns its URL."""
+def create_database(*, migrated: bool = True) -> str:
+    """A fresh PostgreSQL database, at the newest schema version unless `migrated` is False
+    (production processes do not migrate by themselves: an operator runs `bemq migrate`);
+    returns its URL."""
     import psycopg
 
     name = "bemq_t_" + uuid.uuid4().hex[:12]
@@ -71,7 +73,21 @@ def create_database() -> str:
     except psycopg.OperationalError as exc:
         require("PostgreSQL", f"{POSTGRES_URL}: {exc}")
     base, _, _ = POSTGRES_URL.rpartition("/")
-    return f"{base}/{name}"
+    url = f"{base}/{name}"
+    if migrated:
+        migrate(url)
+    return url
+
+
+def migrate(url: str) -> None:
+    """What `bemq migrate` does to the store at `url`."""
+    from ops.store import open_store
+
+    store = open_store(url, pool_size=1, retry_seconds=10)
+    try:
+        store.migrate()
+    finally:
+        store.close()
 
 
 def drop_database(url: str) -> None:

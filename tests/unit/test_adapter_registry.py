@@ -57,7 +57,7 @@ def test_bad_files_are_refused_with_the_reason(tmp_path: Path, change: dict,
 def test_names_are_immutable_versions(tmp_path: Path) -> None:
     """Re-adding the same bytes is a no-op; other bytes under a taken name are refused."""
     store = open_store(f"sqlite:///{tmp_path}/s.db")
-    store.init()
+    store.migrate()
     blobs = open_blobs(f"file://{tmp_path}/blobs")
     first = write(tmp_path, make_adapter(MODEL, seed=1, experts=1, rank=2), "one.safetensors")
     other = write(tmp_path, make_adapter(MODEL, seed=2, experts=1, rank=2), "two.safetensors")

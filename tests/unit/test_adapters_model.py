@@ -77,7 +77,7 @@ def test_adapter_cache_is_bounded_by_bytes(tmp_path: Path) -> None:
 
     model = model_files("minilm")
     store = open_store(f"sqlite:///{tmp_path}/s.db")
-    store.init()
+    store.migrate()
     blobs = open_blobs(f"file://{tmp_path}/blobs")
     for n in range(3):
         path = tmp_path / f"a{n}.safetensors"
