@@ -102,6 +102,46 @@ def jsonl(n: int, prefix: str = "q") -> bytes:
     return ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
 
 
+def test_openai_package_lists_files_and_sets_expiry(deployment: dict) -> None:
+    """`client.files.list()` pages a tenant's live files by purpose, `after` and `order`;
+    `expires_after` and `output_expires_after` set the expiries OpenAI's way; a bad one is a
+    400 naming the field; a deleted file is gone from the list and answers 404."""
+    api = sdk(deployment, "globex")
+    made = [api.files.create(file=(f"in{i}.jsonl", io.BytesIO(jsonl(3, f"f{i}"))),
+                             purpose="batch", expires_after={"anchor": "created_at",
+                                                             "seconds": 3600 * (i + 1)})
+            for i in range(3)]
+    assert [f.expires_at - f.created_at for f in made] == [3600, 7200, 10800]
+    newest_first = [f.id for f in api.files.list(purpose="batch").data]
+    assert sorted(newest_first) == sorted(f.id for f in made)
+    first = api.files.list(limit=2, order="asc")
+    assert first.has_more
+    rest = api.files.list(limit=2, order="asc", after=first.data[-1].id)
+    assert not rest.has_more
+    assert [f.id for f in [*first.data, *rest.data]] == newest_first[::-1]
+    assert api.files.list(purpose="batch_output").data == []
+    assert [f.id for f in sdk(deployment, "acme").files.list().data if f.id in
+            {m.id for m in made}] == []  # another tenant's files are not listed
+    with pytest.raises(openai.BadRequestError, match=r"expires_after\[seconds\]"):
+        api.files.create(file=("x.jsonl", io.BytesIO(jsonl(1))), purpose="batch",
+                         expires_after={"anchor": "created_at", "seconds": 60})
+    batch = api.batches.create(input_file_id=made[0].id, endpoint="/v1/embeddings",
+                               completion_window="24h",
+                               output_expires_after={"anchor": "created_at", "seconds": 7200})
+    deadline = time.monotonic() + 120
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+        batch = api.batches.retrieve(batch.id)
+    output = api.files.retrieve(batch.output_file_id)
+    assert output.expires_at - output.created_at == 7200
+    assert batch.output_file_id in {f.id for f in api.files.list(purpose="batch_output").data}
+    api.files.delete(made[1].id)
+    assert made[1].id not in {f.id for f in api.files.list().data}
+    with pytest.raises(openai.NotFoundError):
+        api.files.retrieve(made[1].id)
+
+
 def test_openai_package_batch_flow(deployment: dict) -> None:
     api = sdk(deployment)
     uploaded = api.files.create(file=("input.jsonl", io.BytesIO(jsonl(50))), purpose="batch")
