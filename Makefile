@@ -42,6 +42,7 @@ bench: install
 soak: install
 	mkdir -p bench-results
 	$(PY) bench/soak.py --json bench-results/soak.json
+	$(PY) bench/soak.py --json bench-results/soak-retention.json --retention 120 --min-seconds 600 --jobs 1
 
 check-kernels: install
 	$(PY) -m kernels.check --tol 1e-3

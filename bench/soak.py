@@ -10,7 +10,15 @@ Keys: items_submitted, items_accounted (must be equal), duplicates (must be 0),
 job_p95_completion_s, status_poll_p95_ms, worker_rss_growth_mb (RSS after the run minus RSS
 after the first finished job, summed over workers).
 
+With `--retention SECONDS` every retention (input and output files, finished jobs, drift, canary
+samples) is set to that and `retention.run` runs every 10 s: each job's files are read back as
+soon as it finishes (inside its retention), and the store's bytes (PostgreSQL's
+`pg_database_size`) and the blob store's bytes are sampled every 10 s. `store_bytes_max_dev` and
+`blob_bytes_max_dev` are the largest deviation of a sample from the mean of the samples taken
+after 2 × retention + 60 s (the plateau), as a fraction.
+
 Usage: python bench/soak.py --json PATH [--jobs 200] [--min-seconds 300] [--blobs local|s3]
+       [--retention 120]
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ class Soak:
         self.jobs: dict[str, tuple[float, int]] = {}  # id -> (submitted at, items)
         self.done: dict[str, float] = {}  # id -> first seen terminal
         self.polls: list[float] = []
+        self.seen: Counter[str] = Counter()  # custom_id@job -> lines found in its files
+        self.read_back: set[str] = set()
         self.stop = threading.Event()
         self.start = time.monotonic()
         self.pool = sentences(client.model, 4000, seed=99)
@@ -95,6 +105,39 @@ class Soak:
                         self.done[job_id] = time.monotonic()
             self.stop.wait(1.0 / rate)
 
+    def reader(self) -> None:
+        """Read every finished job's output and error files once, right after it ends."""
+        while not self.stop.is_set():
+            with self.lock:
+                todo = [j for j in self.done if j not in self.read_back]
+            for job_id in todo:
+                self.read(job_id)
+            self.stop.wait(0.5)
+
+    def read(self, job_id: str) -> None:
+        lines = Counter(f"{line['custom_id']}@{job_id}" for line in self.client.results(job_id))
+        lines.update(f"{line['custom_id']}@{job_id}" for line in self.client.errors(job_id))
+        with self.lock:
+            self.seen.update(lines)
+            self.read_back.add(job_id)
+
+
+def store_bytes(client: Client) -> int:
+    with client.store.tx() as cur:
+        return int(cur.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+
+
+def blob_bytes(client: Client) -> int:
+    return sum(client.blobs.size(key) for key in client.blobs.list(""))
+
+
+def plateau_deviation(samples: list[tuple[float, int]], after: float) -> float | None:
+    steady = [v for t, v in samples if t >= after]
+    if len(steady) < 3:
+        return None
+    mean = sum(steady) / len(steady)
+    return round(max(abs(v / mean - 1) for v in steady), 4)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,6 +150,8 @@ def main() -> int:
     parser.add_argument("--polls-per-s", type=float, default=200)
     parser.add_argument("--max-active", type=int, default=40, help="jobs in flight at most")
     parser.add_argument("--blobs", choices=["local", "s3"], default="local")
+    parser.add_argument("--retention", type=float, default=0,
+                        help="seconds every retention is set to (0: the defaults)")
     args = parser.parse_args()
 
     home = Path(f"/tmp/bemq-soak-{uuid.uuid4().hex[:8]}")
@@ -119,6 +164,12 @@ def main() -> int:
                BEMQ_REDIS_PREFIX=prefix, BEMQ_DATABASE_URL=pg, BEMQ_DB_POOL_SIZE="16",
                BEMQ_RECONCILE_INTERVAL="10",
                BEMQ_TORCH_THREADS=str(max(1, (os.cpu_count() or 1) // args.workers)))
+    if args.retention:
+        keep = str(int(args.retention))
+        env.update(BEMQ_RETAIN_INPUT_FILES=keep, BEMQ_RETAIN_OUTPUT_FILES=keep,
+                   BEMQ_RETAIN_JOBS=keep, BEMQ_RETAIN_DRIFT=keep, BEMQ_RETAIN_CANARY_SAMPLES=keep,
+                   BEMQ_RETAIN_ONLINE_REQUESTS=keep, BEMQ_DRIFT_WINDOW_SECONDS=keep,
+                   BEMQ_RETENTION_INTERVAL="10")
     if moto is not None:
         env.update(BEMQ_BLOB_URL=f"s3://soak-{uuid.uuid4().hex[:8]}/d",
                    BEMQ_S3_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="soak",
@@ -142,15 +193,19 @@ def main() -> int:
                        for n in range(args.submitters)]
             pollers = [threading.Thread(target=soak.poller, args=(args.polls_per_s / 4,))
                        for _ in range(4)]
+            pollers.append(threading.Thread(target=soak.reader))
             for t in [*threads, *pollers]:
                 t.start()
             rss_start: list[float] | None = None
             rss_samples: list[tuple[float, float]] = []
+            bytes_samples: list[tuple[float, int, int]] = []
             while True:
                 time.sleep(1)
-                if int(time.monotonic() - soak.start) % 30 == 0:
-                    rss_samples.append((round(time.monotonic() - soak.start),
-                                        round(sum(rss_mb(w.pid) for w in workers), 1)))
+                second = int(time.monotonic() - soak.start)
+                if second % 30 == 0:
+                    rss_samples.append((second, round(sum(rss_mb(w.pid) for w in workers), 1)))
+                if second % 10 == 0:
+                    bytes_samples.append((second, store_bytes(client), blob_bytes(client)))
                 with soak.lock:
                     submitted, finished = len(soak.jobs), len(soak.done)
                 if rss_start is None and finished:
@@ -163,6 +218,8 @@ def main() -> int:
                     break
                 if elapsed > args.max_seconds + 600:
                     raise TimeoutError("soak did not drain within its time bound")
+            while len(soak.read_back) < len(soak.done):
+                time.sleep(0.5)
             soak.stop.set()
             for t in pollers:
                 t.join()
@@ -171,12 +228,8 @@ def main() -> int:
             print(file=sys.stderr)
 
             submitted_items = sum(size for _, size in soak.jobs.values())
-            accounted = duplicates = 0
-            for job_id in soak.jobs:
-                seen = Counter(line["custom_id"] for line in client.results(job_id))
-                seen.update(line["custom_id"] for line in client.errors(job_id))
-                accounted += len(seen)
-                duplicates += sum(c - 1 for c in seen.values())
+            accounted = len(soak.seen)
+            duplicates = sum(c - 1 for c in soak.seen.values())
             completion = [soak.done[j] - t0 for j, (t0, _) in soak.jobs.items()]
     finally:
         for w in [*workers, ops]:
@@ -201,7 +254,17 @@ def main() -> int:
         "worker_rss_end_mb": [round(x, 1) for x in rss_end],
         "worker_rss_growth_mb": round(sum(rss_end) - sum(rss_start or rss_end), 1),
         "worker_rss_total_mb_over_time": rss_samples,
+        "retention_s": args.retention or None,
+        "store_bytes_over_time": [(t, s) for t, s, _ in bytes_samples],
+        "blob_bytes_over_time": [(t, b) for t, _, b in bytes_samples],
     }
+    if args.retention:
+        after = 2 * args.retention + 60
+        figures["plateau_from_s"] = after
+        figures["store_bytes_max_dev"] = plateau_deviation(
+            [(t, s) for t, s, _ in bytes_samples], after)
+        figures["blob_bytes_max_dev"] = plateau_deviation(
+            [(t, b) for t, _, b in bytes_samples], after)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
