@@ -15,7 +15,7 @@ samples) is set to that and `retention.run` runs every 10 s: each job's files ar
 soon as it finishes (inside its retention), and the store's bytes (PostgreSQL's
 `pg_database_size`) and the blob store's bytes are sampled every 10 s. `store_bytes_max_dev` and
 `blob_bytes_max_dev` are the largest deviation of a sample from the mean of the samples taken
-after 2 × retention + 60 s (the plateau), as a fraction.
+from 2 × retention + 60 s until submissions stop at `--min-seconds` (the plateau), as a fraction.
 
 Usage: python bench/soak.py --json PATH [--jobs 200] [--min-seconds 300] [--blobs local|s3]
        [--retention 120]
@@ -92,8 +92,8 @@ class Soak:
     def poller(self, rate: float) -> None:
         rng = random.Random()
         while not self.stop.is_set():
-            with self.lock:
-                ids = list(self.jobs)
+            with self.lock:  # finished jobs are not polled (retention may delete them)
+                ids = [j for j in self.jobs if j not in self.done]
             if ids:
                 job_id = rng.choice(ids)
                 t = time.perf_counter()
@@ -131,8 +131,9 @@ def blob_bytes(client: Client) -> int:
     return sum(client.blobs.size(key) for key in client.blobs.list(""))
 
 
-def plateau_deviation(samples: list[tuple[float, int]], after: float) -> float | None:
-    steady = [v for t, v in samples if t >= after]
+def plateau_deviation(samples: list[tuple[float, int]], after: float, until: float
+                      ) -> float | None:
+    steady = [v for t, v in samples if after <= t <= until]
     if len(steady) < 3:
         return None
     mean = sum(steady) / len(steady)
@@ -260,11 +261,12 @@ def main() -> int:
     }
     if args.retention:
         after = 2 * args.retention + 60
-        figures["plateau_from_s"] = after
+        # The plateau: from two retentions in until submissions stop (then the work drains).
+        figures["plateau_s"] = [after, args.min_seconds]
         figures["store_bytes_max_dev"] = plateau_deviation(
-            [(t, s) for t, s, _ in bytes_samples], after)
+            [(t, s) for t, s, _ in bytes_samples], after, args.min_seconds)
         figures["blob_bytes_max_dev"] = plateau_deviation(
-            [(t, b) for t, _, b in bytes_samples], after)
+            [(t, b) for t, _, b in bytes_samples], after, args.min_seconds)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
