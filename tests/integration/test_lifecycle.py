@@ -37,38 +37,41 @@ def rows(client: Client, sql: str, *params: object) -> int:
 
 
 def test_expired_files_and_old_jobs_go_and_the_rest_stays(tmp_path: Path) -> None:
-    """Job A's input (3 s) and outputs (output_expires_after=3) expire: 404 at once, then bytes
-    and rows removed by the worker's schedule; job rows go 20 s after they end; job B, inside
-    its retention, keeps its input and output files throughout."""
+    """Job A's input and outputs expire (after 15 s): 404 at once, then bytes and rows removed
+    by the worker's schedule; job rows go 30 s after they end; job B's files, inside their
+    retention, stay throughout, also after B's own row is gone."""
     port = free_port()
     env = embedded_env(tmp_path / "var") | {
-        "BEMQ_RETENTION_INTERVAL": "1", "BEMQ_RETAIN_JOBS": "20", "BEMQ_METRICS_PORT": str(port),
+        "BEMQ_RETENTION_INTERVAL": "1", "BEMQ_RETAIN_JOBS": "30", "BEMQ_METRICS_PORT": str(port),
         "BEMQ_MAX_BATCH_SIZE": "16"}
     with Client(settings_for(env)) as client, \
-            Client(settings_for(env | {"BEMQ_RETAIN_INPUT_FILES": "3"})) as short:
+            Client(settings_for(env | {"BEMQ_RETAIN_INPUT_FILES": "15"})) as short:
         worker = start_worker(env, client, tmp_path / "worker.log")
         try:
-            a = short.submit_job(sentences(client.model, 60, seed=1), output_expires_after=3)
-            b = client.submit_job(sentences(client.model, 60, seed=2))
-            a, b = client.wait(a.id, timeout=120), client.wait(b.id, timeout=120)
+            a = short.submit_job(sentences(client.model, 60, seed=1), output_expires_after=15)
+            a = client.wait(a.id, timeout=120)
+            assert len(list(client.results(a.id))) == 60  # well inside its 15 s
+            b = client.wait(client.submit_job(sentences(client.model, 60, seed=2)).id,
+                            timeout=120)
             assert a.status == b.status == JobStatus.COMPLETED
+            b_files = [b.input_file_id, b.output_file_id]
             for job in (a, b):  # shards go once the files are written; items are dropped
                 assert client.blobs.list(job_shards(job.id)) == []
                 assert rows(client, "SELECT COUNT(*) FROM micro_batches WHERE job_id = ? "
                                     "AND items != '[]'", job.id) == 0
-            assert len(list(client.results(a.id))) == 60
             a_files = [a.input_file_id, a.output_file_id]
-            wait_for(lambda: all(_gone(client, f) for f in a_files), 30, "A's files to expire")
+            wait_for(lambda: all(_gone(client, f) for f in a_files), 60, "A's files to expire")
             with pytest.raises(NotFound):
                 list(client.results(a.id))
             wait_for(lambda: not any(client.blobs.exists(file_key(f)) for f in a_files)
                      and rows(client, "SELECT COUNT(*) FROM files WHERE id IN (?, ?)",
                               *a_files) == 0, 30, "A's bytes and rows to be removed")
-            assert len(list(client.results(b.id))) == 60  # B keeps its files
-            assert client.file_content(b.input_file_id)
-            wait_for(lambda: client.store.get_job(a.id) is None, 60, "A's job row to go")
+            assert all(client.file_content(f) for f in b_files)  # B keeps its files
+            wait_for(lambda: client.store.get_job(a.id) is None, 90, "A's job row to go")
             assert rows(client, "SELECT COUNT(*) FROM micro_batches WHERE job_id = ?", a.id) == 0
-            assert client.file_content(b.output_file_id)  # files outlive their job's row
+            wait_for(lambda: client.store.get_job(b.id) is None, 90, "B's job row to go")
+            assert len(client.file_content(b.output_file_id).splitlines()) == 60  # files
+            assert client.file_content(b.input_file_id)  # outlive their job's row
             assert deleted_total(port, "file") >= 2
             assert deleted_total(port, "job") >= 1 and deleted_total(port, "micro_batch") >= 4
             assert deleted_total(port, "shard") >= 4
