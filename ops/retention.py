@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from ops import metrics
 from ops.blobs import Blobs
@@ -35,7 +36,7 @@ def run(store: Store, blobs: Blobs, cfg: Settings) -> dict[str, int]:
     removed: Counter[str] = Counter()
     chunk = cfg.retention_chunk
 
-    def chunks(kind: str, delete_chunk) -> None:  # type: ignore[no-untyped-def]
+    def chunks(kind: str, delete_chunk: Callable[[], int]) -> None:
         while time.monotonic() < stop_at:
             n = delete_chunk()
             removed[kind] += n
@@ -44,9 +45,9 @@ def run(store: Store, blobs: Blobs, cfg: Settings) -> dict[str, int]:
 
     def files() -> int:
         expired = store.expired_files(chunk)
-        for file_id, key in expired:
+        for _, key in expired:
             blobs.delete(key)
-            store.delete_file(file_id)
+        store.delete_files([file_id for file_id, _ in expired])
         return len(expired)
 
     chunks("file", files)

@@ -163,14 +163,14 @@ class Settings(BaseSettings):
     @field_validator("worker_schedule")
     @classmethod
     def _worker_schedule(cls, value: str) -> str:
-        names = {v.strip() for v in value.split(",") if v.strip()}
+        """Kept as "auto", "none" or the named entries in schedule order, comma-separated."""
         if value.strip() in {"auto", "none"}:
             return value.strip()
-        unknown = names - set(SCHEDULED)
-        if unknown or not names:
+        names = {v.strip() for v in value.split(",") if v.strip()}
+        if not names or names - set(SCHEDULED):
             raise ValueError(f"expected auto, none or some of {', '.join(SCHEDULED)}; "
                              f"got {value!r}")
-        return value
+        return ",".join(name for name in SCHEDULED if name in names)
 
     @field_validator("canary_steps")
     @classmethod
@@ -224,8 +224,7 @@ class Settings(BaseSettings):
             return SCHEDULED if self.embedded_broker else ()
         if self.worker_schedule == "none":
             return ()
-        wanted = {v.strip() for v in self.worker_schedule.split(",")}
-        return tuple(name for name in SCHEDULED if name in wanted)
+        return tuple(self.worker_schedule.split(","))
 
 
 def parse_steps(value: str) -> list[float]:

@@ -93,10 +93,8 @@ class Client:
                     expires_after: int | None = None) -> FileObject:
         """Store a file; it expires `expires_after` seconds after its creation (default:
         BEMQ_RETAIN_INPUT_FILES; 0 there keeps it until deleted)."""
-        if expires_after is not None and expires_after < 1:
-            raise ValueError(f"expires_after: seconds must be positive, got {expires_after}")
+        keep = _lifetime("expires_after", expires_after, self.settings.retain_input_files)
         now = int(time.time())
-        keep = expires_after if expires_after is not None else self.settings.retain_input_files
         obj = FileObject(id=new_file_id(), bytes=len(data), created_at=now, filename=filename,
                          purpose=purpose, tenant=self.tenant,
                          expires_at=now + keep if keep else None)
@@ -129,7 +127,7 @@ class Client:
         _, key = self._file(file_id)
         self.store.expire_file(file_id)
         self.blobs.delete(key)
-        self.store.delete_file(file_id)
+        self.store.delete_files([file_id])
 
     def _file(self, file_id: str) -> tuple[FileObject, str]:
         """This tenant's file and the blob key of its bytes; another tenant's is not found."""
@@ -171,18 +169,15 @@ class Client:
             raise ValueError(f"endpoint: only {ENDPOINT_EMBEDDINGS} is served, got {endpoint!r}")
         if completion_window not in COMPLETION_WINDOWS:
             raise ValueError(f"completion_window: expected one of {sorted(COMPLETION_WINDOWS)}")
-        if output_expires_after is not None and output_expires_after < 1:
-            raise ValueError(f"output_expires_after: seconds must be positive, "
-                             f"got {output_expires_after}")
+        keep = _lifetime("output_expires_after", output_expires_after,
+                         self.settings.retain_output_files)
         _, input_key = self._file(input_file_id)
         now = int(time.time())
-        keep = output_expires_after if output_expires_after is not None \
-            else self.settings.retain_output_files
         job = Job(id=new_job_id(), status=JobStatus.VALIDATING, created_at=now,
                   input_file_id=input_file_id, completion_window=completion_window,
                   expires_at=now + COMPLETION_WINDOWS[completion_window],
                   metadata=metadata, tenant=self.tenant, model=self.settings.model_name,
-                  output_expires_after=keep or None)
+                  output_expires_after=keep)
         self.store.create_job(job)
 
         cfg = self.settings
@@ -277,3 +272,10 @@ class Client:
                          "body": {"model": entry.get("model", model), "input": entry.get("input")}}
             lines.append(json.dumps(entry))
         return ("\n".join(lines) + "\n").encode(), "items.jsonl"
+
+
+def _lifetime(field: str, seconds: int | None, default: int) -> int | None:
+    """Seconds a file lives: the caller's (positive), else the setting's; None = for ever."""
+    if seconds is not None and seconds < 1:
+        raise ValueError(f"{field}: seconds must be positive, got {seconds}")
+    return (seconds if seconds is not None else default) or None

@@ -12,8 +12,6 @@ TASK_DRIFT_CHECK = "bemq.drift.check"
 TASK_BACKUP_RUN = "bemq.backup.run"
 TASK_BACKUP_VERIFY = "bemq.backup.verify"
 TASK_RETENTION = "bemq.retention.run"
-OPS_TASKS = (TASK_RECONCILE, TASK_CANARY_STEP, TASK_DRIFT_CHECK, TASK_BACKUP_RUN,
-             TASK_BACKUP_VERIFY, TASK_RETENTION)
 # Beat entry names (celery beat's schedule keys; BEMQ_WORKER_SCHEDULE names them too) → task.
 SCHEDULED_TASKS = {
     "jobs.reconcile": TASK_RECONCILE,
@@ -24,6 +22,7 @@ SCHEDULED_TASKS = {
     "retention.run": TASK_RETENTION,
 }
 SCHEDULED = tuple(SCHEDULED_TASKS)
+OPS_TASKS = tuple(SCHEDULED_TASKS.values())  # every scheduled task runs on the ops queue
 
 # Redis keys live under the configured prefix (setting BEMQ_REDIS_PREFIX, default "bemq:").
 # Celery's own keys get it through kombu's `global_keyprefix`; ours append these suffixes.

@@ -209,8 +209,8 @@ class Runtime:
         host = socket.gethostname()
         gone = []
         for w in self.store.live_workers(None):
-            name_host, _, _ = w["name"].rpartition("-")
-            if name_host == host and w["name"] != self.name and not pid_alive(w["pid"]):
+            ours = w["name"] == f"{host}-{w['pid']}"  # named as `Runtime.name` names them
+            if ours and w["name"] != self.name and not pid_alive(w["pid"]):
                 self.store.forget_worker(w["name"])
                 gone.append(w["name"])
         if gone:

@@ -71,7 +71,7 @@ def apply(cur: Cursor, step: Migration) -> None:
                 (step.version, time.time()))
 
 
-def check(version: int, *, command: str = "bemq migrate") -> None:
+def check(version: int) -> None:
     """Raise `SchemaMismatch` unless `version` is the one this bemq knows."""
     want = latest()
     if version == want:
@@ -80,4 +80,4 @@ def check(version: int, *, command: str = "bemq migrate") -> None:
         raise SchemaMismatch(f"the store's schema is version {version}, newer than this bemq "
                              f"knows ({want}): upgrade bemq on this host")
     have = "has no schema" if version == 0 else f"is at schema version {version}"
-    raise SchemaMismatch(f"the store {have}; this bemq needs version {want}: run `{command}`")
+    raise SchemaMismatch(f"the store {have}; this bemq needs version {want}: run `bemq migrate`")

@@ -64,9 +64,13 @@ class RetentionRecords(Transactional):
         return [(r[0], r[1]) for r in rows]
 
     @retried
-    def delete_file(self, file_id: str) -> None:
+    def delete_files(self, file_ids: Sequence[str]) -> None:
+        """Delete file rows (their bytes already gone) in one statement."""
+        if not file_ids:
+            return
         with self.tx() as cur:
-            cur.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            cur.execute(f"DELETE FROM files WHERE id IN ({', '.join('?' for _ in file_ids)})",
+                        list(file_ids))
 
     @retried
     def jobs_with_shards(self, limit: int) -> list[str]:

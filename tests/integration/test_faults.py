@@ -7,7 +7,6 @@ Recovery runs as in production: a GPU worker, an ops worker with beat (RedBeat o
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from tests.conftest import embedded_env
 from tests.support.deploy import (
     assert_exactly_once,
     max_deliveries,
+    running,
     settings_for,
     start_worker,
     wait_for,
@@ -58,20 +58,6 @@ def fault_env(tmp_path: Path, redis_url: str, database_url: str) -> dict[str, st
     }
 
 
-@contextlib.contextmanager
-def running(env: dict[str, str], client: Client, tmp_path: Path, *,
-            gpu: bool = True) -> Iterator[None]:
-    """An ops worker with beat (jobs.reconcile) and, unless told otherwise, one GPU worker."""
-    ops = start_worker(env, client, tmp_path / "ops.log", queues="ops", extra=("--beat",))
-    worker = start_worker(env, client, tmp_path / "gpu.log") if gpu else None
-    try:
-        yield
-    finally:
-        if worker is not None:
-            worker.stop()
-        ops.stop()
-
-
 def submit_and_start(client: Client, items: int, seed: int) -> Job:
     """Submit a job and return once its first items are done: the fault then hits mid-job."""
     job = client.submit_job(sentences(client.model, items, seed=seed))
@@ -86,7 +72,7 @@ def test_worker_killed_five_times_mid_batch(tmp_path: Path, private_redis: Priva
     env = fault_env(tmp_path, private_redis.url, pg)
     try:
         with Client(settings_for(env)) as client:
-            with running(env, client, tmp_path, gpu=False):
+            with running(env, client, tmp_path, gpus=0):
                 job = client.submit_job(sentences(client.model, 1500, seed=9))
                 for kill in range(5):
                     worker = start_worker(env, client, tmp_path / f"gpu{kill}.log")
@@ -115,7 +101,7 @@ def test_redis_restarted_empty_mid_job(tmp_path: Path, private_redis: PrivateRed
             try:
                 job = submit_and_start(client, 800, seed=12)
                 private_redis.restart_empty()
-                with running(env, client, tmp_path, gpu=False):
+                with running(env, client, tmp_path, gpus=0):
                     job = client.wait(job.id, timeout=300)
             finally:
                 worker.stop()
@@ -191,7 +177,7 @@ def test_micro_batch_that_keeps_killing_workers_goes_dead(tmp_path: Path,
         "BEMQ_MODEL_CLASS": "tests.support.poison:CrashEncoder", "BEMQ_MAX_DELIVERIES": "2",
         "BEMQ_MAX_BATCH_SIZE": "8"}
     try:
-        with Client(settings_for(env)) as client, running(env, client, tmp_path, gpu=False):
+        with Client(settings_for(env)) as client, running(env, client, tmp_path, gpus=0):
             texts = sentences(client.model, 64, seed=3)
             texts[17] = "this sentence will crash the worker"
             job = client.submit_job(texts)

@@ -21,6 +21,7 @@ from tests.conftest import embedded_env
 from tests.support.deploy import (
     assert_exactly_once,
     max_deliveries,
+    running,
     settings_for,
     start_worker,
     wait_for,
@@ -110,19 +111,12 @@ def test_redis_killed_worker_recovers_without_its_lease(tmp_path: Path,
     env = production_recovery_env(tmp_path, private_redis.url, pg)
     try:
         with Client(settings_for(env)) as client:
-            ops = start_worker(env, client, tmp_path / "ops.log", queues="ops",
-                               extra=("--beat",))
-            victim = start_worker(env, client, tmp_path / "victim.log")
-            other = start_worker(env, client, tmp_path / "other.log")
-            try:
+            with running(env, client, tmp_path, gpus=2) as (victim, _):
                 job = client.submit_job(sentences(client.model, 1200, seed=23))
                 wait_for(lambda: holds_a_lease(client, victim, job.id), 120,
                          "a micro-batch on the victim")
                 victim.kill()
                 job = client.wait(job.id, timeout=LEASE_SECONDS / 2)
-            finally:
-                other.stop()
-                ops.stop()
             assert_exactly_once(client, job, 1200)
             assert max_deliveries(client, job.id) == 2
     finally:
@@ -139,16 +133,9 @@ def test_slow_live_worker_keeps_its_lease(tmp_path: Path, private_redis: Private
         "BEMQ_RECONCILE_INTERVAL": "0.5", "BEMQ_MAX_BATCH_SIZE": "16"}
     try:
         with Client(settings_for(env)) as client:
-            ops = start_worker(env, client, tmp_path / "ops.log", queues="ops",
-                               extra=("--beat",))
-            workers = [start_worker(env, client, tmp_path / f"gpu{n}.log") for n in range(2)]
-            try:
+            with running(env, client, tmp_path, gpus=2):
                 job = client.wait(client.submit_job(sentences(client.model, 64, seed=24)).id,
                                   timeout=200)
-            finally:
-                for w in workers:
-                    w.stop()
-                ops.stop()
             assert_exactly_once(client, job, 64)
             assert job.micro_batches >= 4
             assert max_deliveries(client, job.id) == 1

@@ -178,7 +178,7 @@ def test_files_and_heartbeats(store: Store) -> None:
                               purpose="batch", tenant="t"), "files/file-1")
     assert store.get_file("file-1", "t")[1] == "files/file-1"  # type: ignore[index]
     assert store.get_file("file-1", "u") is None
-    store.delete_file("file-1")
+    store.delete_files(["file-1"])
     assert store.get_file("file-1") is None
     store.heartbeat("w1", 42, "gpu", "cpu")
     assert [w["name"] for w in store.live_workers(10)] == ["w1"]

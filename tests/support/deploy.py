@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ops.settings import Settings
@@ -27,6 +28,21 @@ def start_worker(env: dict[str, str], client: Client, log: Path, **kw: object) -
         worker.kill()
         raise
     return worker
+
+
+@contextlib.contextmanager
+def running(env: dict[str, str], client: Client, logs: Path, *,
+            gpus: int = 1) -> Iterator[list[LocalWorker]]:
+    """An ops worker with beat (jobs.reconcile and the other scheduled tasks) and `gpus` GPU
+    workers (logs gpu.log, gpu1.log, ...), yielded; all stopped afterwards, also the killed."""
+    started = [start_worker(env, client, logs / "ops.log", queues="ops", extra=("--beat",))]
+    try:
+        for n in range(gpus):
+            started.append(start_worker(env, client, logs / f"gpu{n or ''}.log"))
+        yield started[1:]
+    finally:
+        for worker in reversed(started):
+            worker.stop()
 
 
 def request_lines(texts: list[str], model: str = "minilm", prefix: str = "r") -> list[dict]:
