@@ -63,6 +63,10 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
     def _lock_schema(self, cur: Cursor) -> None:
         """Hold, until the transaction ends, the lock that serialises migrations."""
 
+    def reclaim(self, tables: Sequence[str]) -> None:
+        """Make the space of deleted and updated rows of `tables` reusable. Nothing to do by
+        default: SQLite reuses freed pages by itself."""
+
     @retried
     def schema_version(self) -> int:
         with self.tx() as cur:

@@ -76,5 +76,20 @@ class PostgresStore(Store):
     def _lock_schema(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
 
+    def reclaim(self, tables: Sequence[str]) -> None:
+        """A plain VACUUM (ANALYZE) of each table: it blocks neither reads nor writes, and it
+        keeps the store from growing where autovacuum is off or lags behind a retention run.
+        VACUUM cannot run inside a transaction, hence the autocommit connection."""
+        try:
+            with self.pool.connection() as conn:
+                conn.autocommit = True
+                try:
+                    for table in tables:
+                        conn.execute(f"VACUUM (ANALYZE) {table}")
+                finally:
+                    conn.autocommit = False
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise TransientStoreError(str(exc).strip().splitlines()[0]) from exc
+
     def close(self) -> None:
         self.pool.close()
