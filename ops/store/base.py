@@ -314,10 +314,10 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
                 )
                 return Claim(ClaimOutcome.SKIP)
             cur.execute(
-                "UPDATE micro_batches SET state = ?, lease_until = ?, worker = ?, "
+                "UPDATE micro_batches SET state = ?, lease_until = ?, worker = ?, claimed_at = ?, "
                 "deliveries = deliveries + 1 WHERE job_id = ? AND seq = ? AND state = ? "
                 "AND deliveries = ?",
-                (MicroBatchState.RUNNING.value, now + lease_seconds, worker, job_id, seq,
+                (MicroBatchState.RUNNING.value, now + lease_seconds, worker, now, job_id, seq,
                  state, deliveries),
             )
             if cur.rowcount != 1:
@@ -367,10 +367,10 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
             # micro-batch row keeps a few numbers, not its whole input.
             cur.execute(
                 f"UPDATE micro_batches SET state = ?, n_ok = ?, n_err = ?, lease_until = NULL, "
-                f"items = '[]', "
+                f"items = '[]', tokens = NULL, completed_at = ?, "
                 f"last_error = COALESCE(?, last_error) "
                 f"WHERE job_id = ? AND seq = ? AND state IN ({marks})",
-                (state.value, n_ok, n_err, error, job_id, seq, *OPEN_STATES),
+                (state.value, n_ok, n_err, time.time(), error, job_id, seq, *OPEN_STATES),
             )
             if cur.rowcount != 1:
                 return False

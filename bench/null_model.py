@@ -1,0 +1,42 @@
+"""A zero-cost stand-in for the encoder, loaded with `BEMQ_MODEL_CLASS=bench.null_model:NullModel`.
+
+It answers every forward with random unit vectors of the real model's width at no cost, so a
+benchmark run with it measures everything *around* the model: claiming, decoding, writing
+shards, completing, serving HTTP. It takes the encoder's interface as it is (adapter slots,
+usage counts) so every path of the worker runs unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NullModel(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        # One parameter so that callers reading the model's dtype and device find one.
+        self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    @property
+    def dim(self) -> int:
+        return self.hidden
+
+    @classmethod
+    def from_pretrained(cls, root: Path) -> NullModel:
+        return cls(int(json.loads((Path(root) / "config.json").read_text())["hidden_size"]))
+
+    def set_adapters(self, adapters: list[dict]) -> None:
+        """Adapters change nothing here; the worker still installs them as for the encoder."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                adapter_slots: torch.Tensor | None = None, *, normalize: bool = True,
+                usage: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        out = torch.randn(input_ids.shape[0], self.hidden, dtype=self.anchor.dtype,
+                          device=input_ids.device)
+        return F.normalize(out, p=2, dim=1)
