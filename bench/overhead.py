@@ -54,6 +54,7 @@ from producers.corpus import sentences, to_jsonl
 from producers.local_worker import LocalWorker
 from producers.packing import pack
 from producers.validate import validate_jsonl
+from schemas.batch import Job
 from tests.support import services
 from tests.support.deploy import settings_for
 
@@ -106,9 +107,15 @@ def run_job(env: dict[str, str], home: Path, path: Path, items: int, label: str
         worker = LocalWorker(env, home / f"worker-{label}.log").start()
         try:
             worker.wait_ready(client.store)
-            done = client.wait(job.id, timeout=1800, on_progress=lambda j: console.print(
-                f"  {label}: {j.request_counts.completed}/{items}", end="\r"))
-            console.print()
+            shown = [0]
+
+            def progress(j: Job) -> None:  # a line per tenth of the job
+                tenth = 10 * j.request_counts.completed // items
+                if tenth > shown[0]:
+                    shown[0] = tenth
+                    console.print(f"  {label}: {j.request_counts.completed}/{items}")
+
+            done = client.wait(job.id, timeout=1800, on_progress=progress)
             assert done.status.value == "completed" and done.request_counts.completed == items, \
                 done
             metrics = scrape(int(env["BEMQ_METRICS_PORT"]))

@@ -118,11 +118,11 @@ class RedisOnlineQueue(OnlineQueue):
         """BLPOP for long waits (an arrival wakes it at once); LPOP polls for the batching
         delay's few milliseconds, because Redis checks blocking timeouts only every 1/hz
         (100 ms by default), so a 4 ms BLPOP would wait up to 100 ms."""
+        deadline = time.monotonic() + timeout
         raw = self.redis.lpop(self.queue)
         if raw is None and timeout >= self.BLOCKING:
             got = self.redis.blpop([self.queue], timeout=timeout)
-            raw = got[1] if got else None
-        deadline = time.monotonic() + timeout
+            return OnlineRequest.model_validate_json(got[1]) if got else None
         while raw is None and time.monotonic() < deadline:
             time.sleep(self.POLL)
             raw = self.redis.lpop(self.queue)

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # Delivery: the store keeps a lease and a delivery count per micro-batch.
     lease_seconds: float = Field(300.0, gt=0)
     max_deliveries: int = Field(5, ge=1)
+    # Micro-batches a GPU worker's pipeline holds in each of its queues (claimed and decoded,
+    # waiting for the forward; embedded, waiting to be written): enough to keep the device busy,
+    # few enough that a worker holds only leases it will soon run.
+    pipeline_depth: int = Field(2, ge=1)
     requeue_after_seconds: float = Field(120.0, gt=0)
     visibility_timeout: int = Field(3600, ge=1)
     task_soft_time_limit: int = Field(600, ge=1)

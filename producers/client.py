@@ -31,6 +31,7 @@ from schemas.adapters import AdapterRecord
 from schemas.batch import BatchErrors, FileObject, Job, JobStatus
 from schemas.constants import COMPLETION_WINDOWS, ENDPOINT_EMBEDDINGS
 from schemas.microbatch import MicroBatch, MicroBatchState
+from schemas.tokens import pack_ids
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,8 @@ class Client:
         # arms here; mixed arms share micro-batches (one forward serves mixed adapters).
         items = route(check.items, self.tenant, self.store.routes(), cfg.canary_shadow_fraction)
         groups = pack(items, cfg.max_batch_tokens, cfg.max_batch_size)
-        batches = [MicroBatch(job_id=job.id, seq=seq, state=MicroBatchState.QUEUED, items=g)
+        batches = [MicroBatch(job_id=job.id, seq=seq, state=MicroBatchState.QUEUED, items=g,
+                              tokens=pack_ids([row for item in g for row in check.ids[item.line]]))
                    for seq, g in enumerate(groups)]
         self.store.start_job(job.id, batches, total=len(check.items))
         try:

@@ -21,6 +21,9 @@ class Validation:
     items: list[Item]
     errors: list[BatchError]
     error_count: int = 0
+    # Each valid line's rows of word-piece ids (special tokens in, truncated as asked), so the
+    # worker runs the ids measured here instead of tokenizing again.
+    ids: dict[int, list[list[int]]] = dataclasses.field(default_factory=dict)
 
     def add(self, code: str, message: str, line: int | None = None,
             param: str | None = None) -> None:
@@ -85,10 +88,10 @@ def resolve_adapter(requested: str, served: str,
     return adapter
 
 
-def token_lengths(model: ModelFiles, texts: list[str]) -> list[int]:
-    """Word pieces per text, special tokens included (what `max_seq_length` limits)."""
+def token_ids(model: ModelFiles, texts: list[str]) -> list[list[int]]:
+    """Word-piece ids per text, special tokens included (what `max_seq_length` limits)."""
     encodings = model.tokenizer(truncate=False).encode_batch(texts, add_special_tokens=True)
-    return [len(e.ids) for e in encodings]
+    return [e.ids for e in encodings]
 
 
 def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:
@@ -120,13 +123,17 @@ def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:
 
 def _measure(result: Validation, parsed: list[tuple[int, InputLine, str | None]],
              model: ModelFiles) -> None:
-    """Token lengths (special tokens included) for every text, in one tokenizer call."""
-    all_lengths = token_lengths(model, [t for _, line, _ in parsed for t in line.body.texts])
+    """Token ids and lengths (special tokens included) for every text, in one tokenizer call;
+    texts over the limit that ask to be cut are tokenized again with truncation, as the model's
+    own tokenizer cuts them."""
+    all_ids = token_ids(model, [t for _, line, _ in parsed for t in line.body.texts])
     limit = model.max_seq_length
     pos = 0
+    cut: list[tuple[list[list[int]], int, str]] = []
     for n, line, adapter in parsed:
         count = len(line.body.texts)
-        lengths = all_lengths[pos:pos + count]
+        ids = all_ids[pos:pos + count]
+        lengths = [len(row) for row in ids]
         pos += count
         too_long = [i for i, length in enumerate(lengths) if length > limit]
         if too_long and not line.body.truncate:
@@ -141,3 +148,9 @@ def _measure(result: Validation, parsed: list[tuple[int, InputLine, str | None]]
             lengths=[min(length, limit) for length in lengths], truncate=line.body.truncate,
             model=line.body.model, adapter=adapter,
         ))
+        result.ids[n] = ids
+        cut += [(ids, i, line.body.texts[i]) for i in too_long]
+    if cut:
+        encodings = model.tokenizer(truncate=True).encode_batch([text for _, _, text in cut])
+        for (ids, i, _), enc in zip(cut, encodings, strict=True):
+            ids[i] = enc.ids

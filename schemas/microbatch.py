@@ -53,6 +53,9 @@ class MicroBatch(BaseModel):
     deliveries: int = 0
     lease_until: float | None = None
     last_error: str | None = None
+    # The texts' word-piece ids in item order (`schemas.tokens`); None on micro-batches stored
+    # before ids were kept, whose texts the worker tokenizes.
+    tokens: bytes | None = None
 
     @property
     def rows(self) -> int:

@@ -59,8 +59,12 @@ def padded(lengths: np.ndarray, ids: np.ndarray) -> tuple[torch.Tensor, torch.Te
 
 def select_rows(lengths: np.ndarray, ids: np.ndarray, rows: Sequence[int]
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The (lengths, ids) of a subset of rows, in the order given."""
-    starts = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)[:-1]))
+    """The (lengths, ids) of a subset of rows, in the order given (a run of consecutive rows,
+    the usual case, is two slices)."""
+    starts = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
+    if len(rows) and list(rows) == list(range(rows[0], rows[0] + len(rows))):
+        first, end = rows[0], rows[0] + len(rows)
+        return lengths[first:end], ids[starts[first]:starts[end]]
     picked = np.asarray(rows, dtype=np.int64)
     sub = lengths[picked]
     if not len(picked):

@@ -10,6 +10,7 @@ import threading
 import torch
 
 from ops.online import OnlineQueue, OnlineRequest, open_queue
+from schemas import tokens
 from workers import outcomes
 from workers.runner import embed_items
 from workers.runtime import Runtime
@@ -51,13 +52,24 @@ class OnlineServer:
         as batch jobs, so it alone gets an error."""
         cfg = self.rt.settings
 
-        def embed(texts: list[str], adapters: list[str | None]) -> torch.Tensor:
-            return self.rt.embed(texts, adapters, normalize=False, online=True)
+        items = [r.as_item() for r in batch]
+        lengths, ids = self.rt.tokenize([t for item in items for t in item.texts])
+        entries, start = [], 0
+        for item in items:
+            entries.append((item, list(range(start, start + len(item.texts)))))
+            start += len(item.texts)
+
+        def embed(rows: list[int], adapters: list[str | None]) -> torch.Tensor:
+            sub_lengths, sub_ids = tokens.select_rows(lengths, ids, rows)
+            return self.rt.embed_tokens(sub_lengths, sub_ids, adapters, normalize=False,
+                                        online=True)
 
         answers = []
-        for item, value in embed_items(embed, [r.as_item() for r in batch]):
-            result = value if isinstance(value, str) else outcomes.check(value, cfg)
-            if not outcomes.record(cfg.model_name, item.adapter, result):
+        results = embed_items(embed, entries)
+        checked = outcomes.check([value for _, value in results], cfg)
+        outcomes.record(cfg.model_name, items, checked)
+        for item, result in zip(items, checked, strict=True):
+            if not outcomes.served(result):
                 code, message = (("inference_error", result) if isinstance(result, str)
                                  else ("invalid_output", result.message))
                 answers.append({"error": {"code": code, "message": message}})

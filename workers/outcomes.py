@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -26,27 +27,63 @@ class Checked:
     message: str | None = None
 
 
-def check(pooled: torch.Tensor, cfg: Settings) -> Checked:
-    """Normalise pooled vectors, refusing non-finite values and norms outside the bounds."""
-    if not torch.isfinite(pooled).all():
-        return Checked(None, "non_finite", "embedding is not finite")
-    norms = pooled.norm(dim=1)
-    bad = (norms < cfg.safety_norm_min) | (norms > cfg.safety_norm_max)
-    if bad.any():
-        value = float(norms[bad][0])
-        return Checked(None, "norm_out_of_bounds",
-                       f"pooled embedding norm {value:.4g} outside "
-                       f"[{cfg.safety_norm_min}, {cfg.safety_norm_max}]")
-    return Checked(F.normalize(pooled, p=2, dim=1))
+def check(values: Sequence[torch.Tensor | str], cfg: Settings) -> list[Checked | str]:
+    """Each item's pooled vectors normalised, or refused for non-finite values or a norm
+    outside the bounds; a string (the model failed on the item) passes through. The tests run
+    once over every row of the micro-batch, not once per item."""
+    pooled = [v for v in values if not isinstance(v, str)]
+    if not pooled:
+        return list(values)
+    rows = torch.cat(pooled)
+    finite = torch.isfinite(rows).all(dim=1).tolist()
+    norms = rows.norm(dim=1)
+    in_bounds = ((norms >= cfg.safety_norm_min) & (norms <= cfg.safety_norm_max)).tolist()
+    norm_values = norms.tolist()
+    unit = F.normalize(rows, p=2, dim=1)
+    out: list[Checked | str] = []
+    start = 0
+    if all(finite) and all(in_bounds):  # the usual case: nothing to tell apart
+        for value in values:
+            if isinstance(value, str):
+                out.append(value)
+            else:
+                out.append(Checked(unit[start:start + value.shape[0]]))
+                start += value.shape[0]
+        return out
+    for value in values:
+        if isinstance(value, str):
+            out.append(value)
+            continue
+        end = start + value.shape[0]
+        span = range(start, end)
+        if not all(finite[r] for r in span):
+            out.append(Checked(None, "non_finite", "embedding is not finite"))
+        elif not all(in_bounds[r] for r in span):
+            bad = next(norm_values[r] for r in span if not in_bounds[r])
+            out.append(Checked(None, "norm_out_of_bounds",
+                               f"pooled embedding norm {bad:.4g} outside "
+                               f"[{cfg.safety_norm_min}, {cfg.safety_norm_max}]"))
+        else:
+            out.append(Checked(unit[start:end]))
+        start = end
+    return out
 
 
-def record(model: str, adapter: str | None, result: Checked | str) -> bool:
-    """Count one item's outcome (a string: the model failed on it); True if it is served."""
-    served = isinstance(result, Checked) and result.vectors is not None
-    if isinstance(result, Checked) and result.violation is not None:
-        metrics.SAFETY_VIOLATIONS.labels(result.violation).inc()
-    metrics.ITEMS.labels(model, adapter or "none", "completed" if served else "failed").inc()
-    return served
+def served(result: Checked | str) -> bool:
+    return isinstance(result, Checked) and result.vectors is not None
+
+
+def record(model: str, items: Sequence[Item], results: Sequence[Checked | str]) -> None:
+    """Count the items' outcomes (and safety violations): one counter update per label set,
+    not per item."""
+    outcomes = Counter((item.adapter or "none", "completed" if served(result) else "failed")
+                       for item, result in zip(items, results, strict=True))
+    violations = Counter(result.violation for result in results
+                         if isinstance(result, Checked) and result.violation is not None)
+    for (adapter, outcome), n in outcomes.items():
+        metrics.ITEMS.labels(model, adapter, outcome).inc(n)
+    for violation, n in violations.items():
+        metrics.SAFETY_VIOLATIONS.labels(violation).inc(n)
 
 
 def samples(items: Sequence[Item], checked: Sequence[Checked | str],
@@ -59,7 +96,7 @@ def samples(items: Sequence[Item], checked: Sequence[Checked | str],
     for item, result in zip(items, checked, strict=True):
         if item.canary_id is None or item.arm is None or item.canary_step is None:
             continue
-        ok = isinstance(result, Checked) and result.vectors is not None
+        ok = served(result)
         agreement = None
         if ok and item.custom_id in shadows:
             assert isinstance(result, Checked) and result.vectors is not None
@@ -82,12 +119,12 @@ def features(model: str, items: Sequence[Item], vectors: Sequence[torch.Tensor],
     output vectors chosen at random (weighted by how many each stands for, so that a window's
     read is uniform over outputs), and each adapter's expert counts."""
     out = [Feature(model, "lengths", [n for item in items for n in item.lengths])]
-    rows = [row for v in vectors for row in v]
-    if rows and per_batch:
-        picked = random.sample(rows, min(per_batch, len(rows)))
-        out.append(Feature(model, "embeddings", [[round(x, 5) for x in r.tolist()]
-                                                 for r in picked],
-                           weight=len(rows) / len(picked)))
+    total = sum(v.shape[0] for v in vectors)
+    if total and per_batch:
+        picked = random.sample(range(total), min(per_batch, total))
+        rows = torch.cat(list(vectors))[picked]
+        out.append(Feature(model, "embeddings", rows.numpy().round(5).tolist(),
+                           weight=total / len(picked)))
     out += [Feature(model, "experts", counts.tolist(), adapter=name)
             for name, counts in sorted(usage.items())]
     return out

@@ -1,4 +1,5 @@
-"""Running one micro-batch: claim its lease, embed its items, write its shards, complete it once.
+"""Running one micro-batch in three stages: claim its lease and decode its token ids, embed its
+items, write its shards and complete it once.
 
 A model error is isolated by bisection: the batch is split in halves until the failing item is
 alone, so it alone lands in the error file and every other item completes.
@@ -6,12 +7,11 @@ alone, so it alone lands in the error file and every other item completes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import orjson
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
@@ -21,6 +21,7 @@ from ops.blobs import BlobsUnavailable
 from ops.keys import request_id, shard_key
 from ops.lifecycle import finalize
 from ops.store import ClaimOutcome, StoreUnavailable
+from schemas import tokens
 from schemas.canary import Arm
 from schemas.microbatch import Item, MicroBatch
 from workers import outcomes
@@ -28,34 +29,23 @@ from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-Embed = Callable[[list[str], list[str | None]], torch.Tensor]
+Embed = Callable[[list[int], list[str | None]], torch.Tensor]
 Result = tuple[Item, torch.Tensor | str]
 
 
-def run(rt: Runtime, job_id: str, seq: int) -> str:
-    cfg = rt.settings
-    claim = rt.store.claim(job_id, seq, rt.name, cfg.lease_seconds, cfg.max_deliveries)
-    metrics.MICRO_BATCHES.labels(claim.outcome.value).inc()
-    if claim.outcome in (ClaimOutcome.DONE, ClaimOutcome.BUSY):
-        return claim.outcome.value
-    if claim.outcome == ClaimOutcome.SKIP:
-        finalize(rt.store, rt.blobs, job_id)
-        return claim.outcome.value
-    mb = claim.micro_batch
-    assert mb is not None
-    if claim.outcome == ClaimOutcome.DEAD:
-        reason = (f"micro-batch failed {mb.deliveries - 1} deliveries "
-                  f"(limit {cfg.max_deliveries})")
-        first = _write_and_complete(rt, mb, [(item, reason) for item in mb.items], None)
-    else:
-        metrics.PADDING_EFFICIENCY.observe(mb.real_tokens / mb.padded_tokens)
-        with _lease_kept(rt, mb):
-            results, extras = _embed_batch(rt, mb.items)
-        first = _write_and_complete(rt, mb, results, extras)
-        rt.release_memory()
-    if first:
-        finalize(rt.store, rt.blobs, job_id)
-    return claim.outcome.value
+@dataclasses.dataclass
+class Work:
+    """A claimed micro-batch on its way through the stages: claim (decode its tokens), forward
+    (fill `results` and `extras`), write (shards, completion). `rows[k]` are item k's rows in
+    the micro-batch's token rows (`lengths`, `ids`). A dead micro-batch skips the forward."""
+
+    mb: MicroBatch
+    dead: bool
+    rows: list[list[int]]
+    lengths: np.ndarray
+    ids: np.ndarray
+    results: list[Result] | None = None
+    extras: Extras | None = None
 
 
 @dataclasses.dataclass
@@ -68,66 +58,131 @@ class Extras:
     usage: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
-def _embed_batch(rt: Runtime, items: list[Item]) -> tuple[list[Result], Extras]:
-    """Embed the items (pooled vectors), and in the same forward the shadow stable rows of
-    canary items sampled for agreement."""
-    extras = Extras()
-    shadow_items = [item.model_copy(update={"adapter": item.shadow, "arm": None,
-                                            "canary_id": None, "shadow": None})
-                    for item in items if item.shadow is not None]
-
-    def embed(texts: list[str], adapters: list[str | None]) -> torch.Tensor:
-        return rt.embed(texts, adapters, normalize=False, usage=extras.usage)
-
-    results = embed_items(embed, [*items, *shadow_items])
-    extras.probe = _latency_probe(rt, items)
-    for item, value in results[len(items):]:
-        if not isinstance(value, str):
-            checked = outcomes.check(value, rt.settings)
-            if checked.vectors is not None:
-                extras.shadows[item.custom_id] = checked.vectors
-    return results[:len(items)], extras
-
-
-def embed_items(embed: Embed, items: Sequence[Item]) -> list[Result]:
-    """Embed all items' texts in one call; on a model error, bisect to isolate the culprit."""
+def run(rt: Runtime, job_id: str, seq: int) -> str:
+    """One micro-batch through every stage in this thread (`workers.pipeline` runs the same
+    stages on three threads)."""
+    work = claim(rt, job_id, seq)
+    if isinstance(work, str):
+        return work
     try:
-        vectors = embed([t for item in items for t in item.texts],
-                        [item.adapter for item in items for _ in item.texts])
+        forward(rt, work)
+        write(rt, work)
+    finally:
+        rt.leases.drop(work.mb)
+    return ClaimOutcome.DEAD.value if work.dead else ClaimOutcome.RUN.value
+
+
+def claim(rt: Runtime, job_id: str, seq: int) -> Work | str:
+    """Take the micro-batch's lease (kept by `rt.leases` until the caller drops it) and decode
+    its token ids; the outcome's name when there is nothing to run."""
+    cfg = rt.settings
+    got = rt.store.claim(job_id, seq, rt.name, cfg.lease_seconds, cfg.max_deliveries)
+    metrics.MICRO_BATCHES.labels(got.outcome.value).inc()
+    if got.outcome in (ClaimOutcome.DONE, ClaimOutcome.BUSY):
+        return got.outcome.value
+    if got.outcome == ClaimOutcome.SKIP:
+        finalize(rt.store, rt.blobs, job_id)
+        return got.outcome.value
+    mb = got.micro_batch
+    assert mb is not None
+    rt.leases.hold(mb)
+    rows, start = [], 0
+    for item in mb.items:
+        rows.append(list(range(start, start + len(item.texts))))
+        start += len(item.texts)
+    if mb.tokens is not None:
+        lengths, ids = tokens.unpack_lengths_and_ids(mb.tokens)
+    else:  # stored before token ids were kept: tokenize as then
+        lengths, ids = rt.tokenize([t for item in mb.items for t in item.texts])
+    return Work(mb, got.outcome == ClaimOutcome.DEAD, rows, lengths, ids)
+
+
+def forward(rt: Runtime, work: Work) -> None:
+    """Embed the items (pooled vectors), and in the same forward the shadow stable rows of
+    canary items sampled for agreement. Only this stage touches the device."""
+    if work.dead:
+        return
+    mb = work.mb
+    metrics.PADDING_EFFICIENCY.observe(mb.real_tokens / mb.padded_tokens)
+    extras = Extras()
+    entries = list(zip(mb.items, work.rows, strict=True))
+    entries += [(item.model_copy(update={"adapter": item.shadow, "arm": None,
+                                         "canary_id": None, "shadow": None}), rows)
+                for item, rows in entries if item.shadow is not None]
+
+    def embed(rows: list[int], adapters: list[str | None]) -> torch.Tensor:
+        lengths, ids = tokens.select_rows(work.lengths, work.ids, rows)
+        return rt.embed_tokens(lengths, ids, adapters, normalize=False, usage=extras.usage)
+
+    results = embed_items(embed, entries)
+    extras.probe = _latency_probe(rt, work)
+    shadows = results[len(mb.items):]
+    for (item, _), checked in zip(shadows, outcomes.check([v for _, v in shadows],
+                                                          rt.settings), strict=True):
+        if isinstance(checked, outcomes.Checked) and checked.vectors is not None:
+            extras.shadows[item.custom_id] = checked.vectors
+    work.results, work.extras = results[:len(mb.items)], extras
+
+
+def write(rt: Runtime, work: Work) -> None:
+    """Write the shards and complete the micro-batch once; finalize the job after the first
+    completion of its last micro-batch."""
+    mb = work.mb
+    if work.dead:
+        reason = (f"micro-batch failed {mb.deliveries - 1} deliveries "
+                  f"(limit {rt.settings.max_deliveries})")
+        first = _write_and_complete(rt, mb, [(item, reason) for item in mb.items], None)
+    else:
+        assert work.results is not None
+        first = _write_and_complete(rt, mb, work.results, work.extras)
+        rt.release_memory()
+    if first:
+        finalize(rt.store, rt.blobs, mb.job_id)
+
+
+def embed_items(embed: Embed, entries: Sequence[tuple[Item, list[int]]]) -> list[Result]:
+    """Embed all items' rows in one call; on a model error, bisect to isolate the culprit.
+    `entries` pairs each item with its rows (what `embed` takes, with one adapter a row)."""
+    try:
+        vectors = embed([r for _, rows in entries for r in rows],
+                        [item.adapter for item, rows in entries for _ in rows])
     except (SoftTimeLimitExceeded, StoreUnavailable, BlobsUnavailable):
         raise  # not the items' fault: the whole micro-batch is retried
     except Exception as exc:
-        if len(items) == 1:
-            log.warning("item %s failed: %r", items[0].custom_id, exc)
-            return [(items[0], f"{type(exc).__name__}: {exc}")]
-        mid = len(items) // 2
-        return embed_items(embed, items[:mid]) + embed_items(embed, items[mid:])
+        if len(entries) == 1:
+            log.warning("item %s failed: %r", entries[0][0].custom_id, exc)
+            return [(entries[0][0], f"{type(exc).__name__}: {exc}")]
+        mid = len(entries) // 2
+        return embed_items(embed, entries[:mid]) + embed_items(embed, entries[mid:])
     out: list[Result] = []
     row = 0
-    for item in items:
-        out.append((item, vectors[row:row + len(item.texts)]))
-        row += len(item.texts)
+    for item, rows in entries:
+        out.append((item, vectors[row:row + len(rows)]))
+        row += len(rows)
     return out
 
 
-def _latency_probe(rt: Runtime, items: list[Item]) -> tuple[float, float] | None:
+def _latency_probe(rt: Runtime, work: Work) -> tuple[float, float] | None:
     """(canary, stable) forward seconds of each arm's adapter alone on the same rows: the
     faster of two runs each, in the orders stable-canary and canary-stable. The arms share the
     micro-batch's forward (one kernel serves both), so only forwards of their own tell their
     costs apart; the same rows, back to back, make the pair's ratio independent of the rows'
     lengths, which differ from one micro-batch to the next; and since interference from other
     work only ever adds time, the faster run of each is the closer to the adapter's own cost."""
-    rows = rt.settings.canary_probe_rows
+    limit = rt.settings.canary_probe_rows
+    items = work.mb.items
     names = {item.arm: item.adapter for item in items if item.arm is not None}
-    if not rows or set(names) != set(Arm):
+    if not limit or set(names) != set(Arm):
         return None
-    texts = [item.texts[0] for item in items if item.canary_id is not None][:rows]
+    picked = [rows[0] for item, rows in zip(items, work.rows, strict=True)
+              if item.canary_id is not None][:limit]
+    lengths, ids = tokens.select_rows(work.lengths, work.ids, picked)
     seconds = dict.fromkeys(Arm, float("inf"))
     try:
         for order in ((Arm.STABLE, Arm.CANARY), (Arm.CANARY, Arm.STABLE)):
             for arm in order:
                 timings: list[float] = []
-                rt.embed(texts, [names[arm]] * len(texts), timings=timings)
+                rt.embed_tokens(lengths, ids, [names[arm]] * len(picked), timings=timings)
                 seconds[arm] = min(seconds[arm], sum(timings))
     except Exception as exc:  # the items themselves already ran; their outcome is recorded
         log.warning("latency probe failed: %r", exc)
@@ -143,13 +198,12 @@ def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
     dead = extras is None
     ok_lines: list[bytes] = []
     err_lines: list[bytes] = []
-    checked: list[outcomes.Checked | str] = []
     served: list[torch.Tensor] = []
-    for item, value in results:
+    items = [item for item, _ in results]
+    checked = outcomes.check([value for _, value in results], cfg)
+    outcomes.record(cfg.model_name, items, checked)
+    for item, result in zip(items, checked, strict=True):
         rid = request_id(mb.job_id, item.custom_id)
-        result = value if isinstance(value, str) else outcomes.check(value, cfg)
-        checked.append(result)
-        outcomes.record(cfg.model_name, item.adapter, result)
         if isinstance(result, str):
             code = "micro_batch_dead" if dead else "inference_error"
             err_lines.append(_error_line(rid, item, code, result))
@@ -190,25 +244,3 @@ def _output_line(rid: str, item: Item, vectors: torch.Tensor) -> bytes:
         }},
         "error": None,
     }, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-@contextlib.contextmanager
-def _lease_kept(rt: Runtime, mb: MicroBatch) -> Iterator[None]:
-    """Renew the micro-batch's lease while it runs, so a slow batch is not taken as lost."""
-    stop = threading.Event()
-    period = rt.settings.lease_seconds / 3
-
-    def renew() -> None:
-        while not stop.wait(period):
-            try:
-                rt.store.renew_lease(mb.job_id, mb.seq, rt.name, rt.settings.lease_seconds)
-            except Exception as exc:  # a missed renewal only risks a duplicate run, never a loss
-                log.warning("lease renewal failed for %s/%s: %r", mb.job_id, mb.seq, exc)
-
-    thread = threading.Thread(target=renew, name="bemq-lease", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()

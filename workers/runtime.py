@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib
+import itertools
 import logging
 import os
 import socket
@@ -16,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,8 +27,10 @@ from ops.blobs import Blobs, open_blobs
 from ops.models import ModelFiles, model_files
 from ops.settings import Settings, settings
 from ops.store import Store, open_store
+from schemas import tokens
 from workers.adapters import AdapterCache
 from workers.gate import ForwardGate
+from workers.leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,10 @@ class Runtime:
         return open_backups(self.settings)
 
     @functools.cached_property
+    def leases(self) -> LeaseKeeper:
+        return LeaseKeeper(self.store, self.name, self.settings.lease_seconds)
+
+    @functools.cached_property
     def device(self) -> torch.device:
         wanted = self.settings.device
         if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
@@ -101,27 +109,40 @@ class Runtime:
         return torch.tensor([-1 if a is None else index[a] for a in adapters],
                             device=self.device)
 
-    @torch.inference_mode()
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Texts → (lengths, flat ids), truncated to the model's limit: the form a micro-batch
+        stores its token ids in (`schemas.tokens`)."""
+        encodings = self.tokenizer.encode_batch(texts)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64,
+                              count=len(encodings))
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings),
+                          dtype=np.int64, count=int(lengths.sum()))
+        return lengths, ids
+
     def embed(self, texts: list[str], adapters: list[str | None] | None = None, *,
               normalize: bool = True, usage: dict[str, torch.Tensor] | None = None,
               online: bool = False, timings: list[float] | None = None) -> torch.Tensor:
-        """Embed texts, each row through its adapter (None = base); (len(texts), dim) float32
-        on the CPU, unit-norm unless `normalize=False` (then the pooled vectors). Rows go
-        through the model in forwards of at most `token_budget` padded tokens, one forward at
-        a time per process (`online` forwards go first, see `ForwardGate`); a forward that
-        runs out of memory is split in half and the budget lowered. `usage`, when given, gains
-        each adapter's top-1 expert token counts; `timings` the seconds of each model forward
-        (without tokenizing or installing adapters)."""
+        """Embed texts (see `embed_tokens`)."""
+        lengths, ids = self.tokenize(texts)
+        return self.embed_tokens(lengths, ids, adapters, normalize=normalize, usage=usage,
+                                 online=online, timings=timings)
+
+    @torch.inference_mode()
+    def embed_tokens(self, lengths: np.ndarray, ids: np.ndarray,
+                     adapters: list[str | None] | None = None, *, normalize: bool = True,
+                     usage: dict[str, torch.Tensor] | None = None, online: bool = False,
+                     timings: list[float] | None = None) -> torch.Tensor:
+        """Embed token rows (lengths, flat ids), each row through its adapter (None = base);
+        (rows, dim) float32 on the CPU, unit-norm unless `normalize=False` (then the pooled
+        vectors). Rows go through the model in forwards of at most `token_budget` padded
+        tokens, one forward at a time per process (`online` forwards go first, see
+        `ForwardGate`); a forward that runs out of memory is split in half and the budget
+        lowered. `usage`, when given, gains each adapter's top-1 expert token counts; `timings`
+        the seconds of each model forward (without installing adapters)."""
         names = adapters if adapters is not None and any(a is not None for a in adapters) \
             else None
-        encodings = self.tokenizer.encode_batch(texts)
-        width = max(len(e.ids) for e in encodings)
-        ids = torch.zeros((len(texts), width), dtype=torch.long)
-        mask = torch.zeros((len(texts), width), dtype=torch.long)
-        for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = torch.tensor(enc.ids)
-            mask[row, : len(enc.ids)] = 1
-        pooled = self._forward(ids, mask, names, usage, online, timings)
+        ids_t, mask = tokens.padded(lengths, ids)
+        pooled = self._forward(ids_t, mask, names, usage, online, timings)
         return F.normalize(pooled, p=2, dim=1) if normalize else pooled
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, names: list[str | None] | None,

@@ -29,6 +29,7 @@ from schemas.constants import (
 from workers import runner
 from workers.app import app
 from workers.online import OnlineServer
+from workers.pipeline import Pipeline
 from workers.runtime import Runtime, runtime
 from workers.schedule import WorkerSchedule
 
@@ -37,13 +38,19 @@ log = logging.getLogger(__name__)
 _heartbeat = None
 _stops: list[threading.Event] = []
 _schedule: WorkerSchedule | None = None
+_pipeline: Pipeline | None = None
 
 
 @app.task(name=TASK_RUN_MICRO_BATCH, bind=True, max_retries=None)
 def run_micro_batch(self: Task, job_id: str, seq: int) -> str:
+    """Claim the micro-batch and hand it to this worker's pipeline (`workers.pipeline`): the
+    message is acknowledged once the claim holds, and the store's lease, not the message,
+    keeps the work from being lost from then on."""
     rt = runtime()
     try:
-        return runner.run(rt, job_id, seq)
+        if _pipeline is None:  # a worker that serves no GPU queue: all stages here
+            return runner.run(rt, job_id, seq)
+        return _pipeline.take(job_id, seq)
     except (StoreUnavailable, BlobsUnavailable) as exc:
         # Hand the lease back so the retry can claim at once; if the store is the thing that
         # is down, the lease expires instead and jobs.reconcile re-sends the micro-batch.
@@ -58,6 +65,11 @@ def reconcile_jobs() -> dict[str, int]:
     return reconcile(rt.store, rt.blobs, send_micro_batches,
                      requeue_after=rt.settings.requeue_after_seconds,
                      dead_after=rt.settings.dead_after)
+
+
+def send_again(job_id: str, seq: int, countdown: float) -> None:
+    app.send_task(TASK_RUN_MICRO_BATCH, args=[job_id, seq], queue=QUEUE_GPU,
+                  countdown=countdown)
 
 
 def send_micro_batches(pairs: Sequence[tuple[str, int]]) -> None:
@@ -84,7 +96,7 @@ def _recover_and_schedule(rt: Runtime) -> WorkerSchedule | None:
 
 @worker_ready.connect
 def _on_ready(sender, **_: object) -> None:  # type: ignore[no-untyped-def]
-    global _heartbeat, _schedule
+    global _heartbeat, _schedule, _pipeline
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
     rt = runtime()
     gpu = QUEUE_GPU in queues or QUEUE_ONLINE in queues
@@ -98,6 +110,7 @@ def _on_ready(sender, **_: object) -> None:  # type: ignore[no-untyped-def]
     metrics.serve(rt.settings.metrics_port)
     if gpu:
         _ = rt.model  # load before the first message, not during it
+        _pipeline = Pipeline(rt, send_again, rt.settings.pipeline_depth).start()
     if QUEUE_ONLINE in queues:
         _stops.append(OnlineServer(rt).start())
     _heartbeat = rt.start_heartbeat(queues)
@@ -111,6 +124,8 @@ def _on_shutdown(**_: object) -> None:
         stop.set()
     if _schedule is not None:
         _schedule.stop()
+    if _pipeline is not None:
+        _pipeline.stop(timeout=runtime().settings.lease_seconds)
     if _heartbeat is not None:
         _heartbeat.set()
         runtime().store.forget_worker(runtime().name)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from ops.store import migrations
 from ops.store.canary import CanaryRecords
 from ops.store.core import Cursor, Transactional, retried
@@ -174,14 +176,14 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
         is either fully enqueued in the store or not at all."""
         now = time.time()
         rows = [
-            (job_id, mb.seq, MicroBatchState.QUEUED.value, _items_json(mb.items), mb.rows,
-             mb.real_tokens, mb.padded_tokens, now)
+            (job_id, mb.seq, MicroBatchState.QUEUED.value, _items_json(mb.items), mb.tokens,
+             mb.rows, mb.real_tokens, mb.padded_tokens, now)
             for mb in batches
         ]
         with self.tx() as cur:
             cur.executemany(
-                "INSERT INTO micro_batches (job_id, seq, state, items, rows, real_tokens, "
-                "padded_tokens, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO micro_batches (job_id, seq, state, items, tokens, rows, "
+                "real_tokens, padded_tokens, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (job_id, seq) DO NOTHING",
                 rows,
             )
@@ -292,14 +294,15 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
         now = time.time()
         with self.tx() as cur:
             row = cur.execute(
-                "SELECT mb.state, mb.lease_until, mb.deliveries, mb.items, j.status, j.expired_at "
+                "SELECT mb.state, mb.lease_until, mb.deliveries, mb.items, j.status, j.expired_at, "
+                "mb.tokens "
                 "FROM micro_batches mb JOIN jobs j ON j.id = mb.job_id "
                 "WHERE mb.job_id = ? AND mb.seq = ?",
                 (job_id, seq),
             ).fetchone()
             if row is None:
                 return Claim(ClaimOutcome.DONE)
-            state, lease_until, deliveries, items_json, job_status, expired_at = row
+            state, lease_until, deliveries, items_json, job_status, expired_at, token_ids = row
             if MicroBatchState(state).terminal:
                 return Claim(ClaimOutcome.DONE)
             if state == MicroBatchState.RUNNING.value and lease_until and lease_until > now:
@@ -324,8 +327,9 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
                 return Claim(ClaimOutcome.BUSY)
         mb = MicroBatch(
             job_id=job_id, seq=seq, state=MicroBatchState.RUNNING,
-            items=[Item.model_validate(i) for i in json.loads(items_json)],
+            items=_ITEMS.validate_json(items_json),
             deliveries=deliveries + 1, lease_until=now + lease_seconds,
+            tokens=None if token_ids is None else bytes(token_ids),
         )
         outcome = ClaimOutcome.DEAD if deliveries + 1 > max_deliveries else ClaimOutcome.RUN
         return Claim(outcome, mb)
@@ -534,6 +538,8 @@ def _skip_queued(cur: Cursor, job_id: str) -> None:
     )
 
 
+_ITEMS = TypeAdapter(list[Item])
+
+
 def _items_json(items: Sequence[Item]) -> str:
-    return json.dumps([i.model_dump(mode="json", exclude_none=True) for i in items],
-                      separators=(",", ":"))
+    return _ITEMS.dump_json(list(items), exclude_none=True).decode()

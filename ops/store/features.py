@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from ops.store.core import Cursor, Transactional, retried
 
 
@@ -45,7 +47,7 @@ class FeatureRecords(Transactional):
             "INSERT INTO features (at, model, kind, adapter, reference, sample_key, data) "
             "VALUES (?, ?, ?, ?, 0, ?, ?)",
             [(now, f.model, f.kind, f.adapter, f.sample_key(),
-              json.dumps(f.data, separators=(",", ":"))) for f in features],
+              orjson.dumps(f.data).decode()) for f in features],
         )
 
     @retried

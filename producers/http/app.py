@@ -38,7 +38,7 @@ from producers.http.errors import (
     validation_error,
 )
 from producers.http.middleware import BodyLimit, RequestMetrics
-from producers.validate import resolve_adapter, token_lengths
+from producers.validate import resolve_adapter, token_ids
 from schemas.batch import BatchObject, ExpiresAfter, OpenAIFile
 
 
@@ -221,7 +221,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         if body.dimensions is not None and body.dimensions != dim:
             raise APIError(400, f"dimensions: this model gives {dim}", param="dimensions",
                            code="invalid_value")
-        lengths = token_lengths(base.model, texts)
+        lengths = [len(ids) for ids in token_ids(base.model, texts)]
         for i, n in enumerate(lengths):
             if n > base.model.max_seq_length:
                 raise APIError(400, f"{where(i)}: {n} tokens; the model's limit is "

@@ -12,15 +12,15 @@ def test_poison_item_alone_fails() -> None:
     """Only the item whose text makes the model raise is reported; the rest get vectors."""
     calls: list[int] = []
 
-    def embed(texts: list[str], adapters: list[str | None]) -> torch.Tensor:
-        calls.append(len(texts))
-        if "poison" in texts:
+    def embed(rows: list[int], adapters: list[str | None]) -> torch.Tensor:
+        calls.append(len(rows))
+        if 37 in rows:
             raise ValueError("cannot embed poison")
-        return torch.ones(len(texts), 4)
+        return torch.ones(len(rows), 4)
 
     items = [Item(line=i, custom_id=f"c{i}", texts=["poison" if i == 37 else f"t{i}"],
                   lengths=[3], model="m") for i in range(100)]
-    results = embed_items(embed, items)
+    results = embed_items(embed, [(item, [i]) for i, item in enumerate(items)])
     failed = [(item.custom_id, value) for item, value in results if isinstance(value, str)]
     assert failed == [("c37", "ValueError: cannot embed poison")]
     assert [item.custom_id for item, _ in results] == [i.custom_id for i in items]
