@@ -70,7 +70,11 @@ class Client:
             return
         self.store = open_store(self.settings.store_url, pool_size=self.settings.db_pool_size,
                                 retry_seconds=self.settings.db_retry_seconds)
-        self.store.ensure_schema(migrate=self.settings.migrates_on_start)
+        try:
+            self.store.ensure_schema(migrate=self.settings.migrates_on_start)
+        except BaseException:
+            self.store.close()  # no pool thread left behind to fail at exit
+            raise
         self.blobs = open_blobs(self.settings.blobs_url,
                                 endpoint_url=self.settings.s3_endpoint_url)
         self.model = model_files(self.settings.model_name, self.settings.model_dir)

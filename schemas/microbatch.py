@@ -50,7 +50,8 @@ class MicroBatch(BaseModel):
     seq: int
     state: MicroBatchState
     items: list[Item]
-    deliveries: int = 0
+    deliveries: int = 0  # forwards begun on it
+    failed_deliveries: int = 0  # of those, the ones its worker died in
     lease_until: float | None = None
     last_error: str | None = None
     # The texts' word-piece ids in item order (`schemas.tokens`); None on micro-batches stored

@@ -75,11 +75,14 @@ class Pipeline:
     def _forward_loop(self) -> None:
         while (work := self.forwards.get()) is not _DONE:
             try:
-                runner.forward(self.rt, work)
+                begun = runner.forward(self.rt, work)
             except Exception as exc:
                 self._give_back(work, exc)
                 continue
-            self.writes.put(work)
+            if begun:
+                self.writes.put(work)
+            else:
+                self.rt.leases.drop(work.mb)
         self.writes.put(_DONE)
 
     def _write_loop(self) -> None:

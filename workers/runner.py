@@ -65,7 +65,8 @@ def run(rt: Runtime, job_id: str, seq: int) -> str:
     if isinstance(work, str):
         return work
     try:
-        forward(rt, work)
+        if not forward(rt, work):
+            return ClaimOutcome.BUSY.value
         write(rt, work)
     finally:
         rt.leases.drop(work.mb)
@@ -97,12 +98,18 @@ def claim(rt: Runtime, job_id: str, seq: int) -> Work | str:
     return Work(mb, got.outcome == ClaimOutcome.DEAD, rows, lengths, ids)
 
 
-def forward(rt: Runtime, work: Work) -> None:
+def forward(rt: Runtime, work: Work) -> bool:
     """Embed the items (pooled vectors), and in the same forward the shadow stable rows of
-    canary items sampled for agreement. Only this stage touches the device."""
+    canary items sampled for agreement. Only this stage touches the device. The forward is
+    counted as begun first (and the previous one as finished); False if the lease was lost
+    meanwhile (another worker runs it now)."""
     if work.dead:
-        return
+        return True
     mb = work.mb
+    if not rt.store.begin_forward(mb.job_id, mb.seq, rt.name, rt.last_forward):
+        log.warning("lease on %s/%s lost before its forward; not run here", mb.job_id, mb.seq)
+        return False
+    rt.last_forward = None
     metrics.PADDING_EFFICIENCY.observe(mb.real_tokens / mb.padded_tokens)
     extras = Extras()
     entries = list(zip(mb.items, work.rows, strict=True))
@@ -114,7 +121,10 @@ def forward(rt: Runtime, work: Work) -> None:
         lengths, ids = tokens.select_rows(work.lengths, work.ids, rows)
         return rt.embed_tokens(lengths, ids, adapters, normalize=False, usage=extras.usage)
 
-    results = embed_items(embed, entries)
+    try:
+        results = embed_items(embed, entries)
+    finally:  # ended, by an error that is not the items' too: only a crash leaves it unended
+        rt.last_forward = (mb.job_id, mb.seq)
     extras.probe = _latency_probe(rt, work)
     shadows = results[len(mb.items):]
     for (item, _), checked in zip(shadows, outcomes.check([v for _, v in shadows],
@@ -122,6 +132,7 @@ def forward(rt: Runtime, work: Work) -> None:
         if isinstance(checked, outcomes.Checked) and checked.vectors is not None:
             extras.shadows[item.custom_id] = checked.vectors
     work.results, work.extras = results[:len(mb.items)], extras
+    return True
 
 
 def write(rt: Runtime, work: Work) -> None:
@@ -129,7 +140,7 @@ def write(rt: Runtime, work: Work) -> None:
     completion of its last micro-batch."""
     mb = work.mb
     if work.dead:
-        reason = (f"micro-batch failed {mb.deliveries - 1} deliveries "
+        reason = (f"micro-batch failed {mb.failed_deliveries} deliveries "
                   f"(limit {rt.settings.max_deliveries})")
         first = _write_and_complete(rt, mb, [(item, reason) for item in mb.items], None)
     else:

@@ -61,6 +61,9 @@ class Runtime:
         self.token_budget = cfg.max_batch_tokens
         metrics.TOKEN_BUDGET.set(self.token_budget)
         self.gate = ForwardGate(cfg.online_priority_burst)
+        # The micro-batch whose forward ended last and is not yet recorded as ended (the next
+        # `Store.begin_forward` records it): used by the one thread that runs batch forwards.
+        self.last_forward: tuple[str, int] | None = None
 
     @functools.cached_property
     def backups(self) -> Blobs:

@@ -290,19 +290,22 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
     @retried
     def claim(self, job_id: str, seq: int, worker: str, lease_seconds: float,
               max_deliveries: int) -> Claim:
-        """Take the lease on one micro-batch for a delivered message; see `ClaimOutcome`."""
+        """Take the lease on one micro-batch for a delivered message; see `ClaimOutcome`. It is
+        DEAD once `max_deliveries` forwards were begun on it and never finished (its workers
+        died in them): claiming alone counts nothing, since a worker claims ahead."""
         now = time.time()
         with self.tx() as cur:
             row = cur.execute(
-                "SELECT mb.state, mb.lease_until, mb.deliveries, mb.items, j.status, j.expired_at, "
-                "mb.tokens "
+                "SELECT mb.state, mb.lease_until, mb.claims, mb.deliveries, "
+                "mb.finished_forwards, mb.items, j.status, j.expired_at, mb.tokens "
                 "FROM micro_batches mb JOIN jobs j ON j.id = mb.job_id "
                 "WHERE mb.job_id = ? AND mb.seq = ?",
                 (job_id, seq),
             ).fetchone()
             if row is None:
                 return Claim(ClaimOutcome.DONE)
-            state, lease_until, deliveries, items_json, job_status, expired_at, token_ids = row
+            (state, lease_until, claims, deliveries, finished, items_json, job_status,
+             expired_at, token_ids) = row
             if MicroBatchState(state).terminal:
                 return Claim(ClaimOutcome.DONE)
             if state == MicroBatchState.RUNNING.value and lease_until and lease_until > now:
@@ -318,21 +321,41 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
                 return Claim(ClaimOutcome.SKIP)
             cur.execute(
                 "UPDATE micro_batches SET state = ?, lease_until = ?, worker = ?, claimed_at = ?, "
-                "deliveries = deliveries + 1 WHERE job_id = ? AND seq = ? AND state = ? "
-                "AND deliveries = ?",
+                "claims = claims + 1 WHERE job_id = ? AND seq = ? AND state = ? AND claims = ?",
                 (MicroBatchState.RUNNING.value, now + lease_seconds, worker, now, job_id, seq,
-                 state, deliveries),
+                 state, claims),
             )
             if cur.rowcount != 1:
                 return Claim(ClaimOutcome.BUSY)
         mb = MicroBatch(
             job_id=job_id, seq=seq, state=MicroBatchState.RUNNING,
-            items=_ITEMS.validate_json(items_json),
-            deliveries=deliveries + 1, lease_until=now + lease_seconds,
+            items=_ITEMS.validate_json(items_json), deliveries=deliveries,
+            failed_deliveries=deliveries - finished, lease_until=now + lease_seconds,
             tokens=None if token_ids is None else bytes(token_ids),
         )
-        outcome = ClaimOutcome.DEAD if deliveries + 1 > max_deliveries else ClaimOutcome.RUN
-        return Claim(outcome, mb)
+        dead = deliveries - finished >= max_deliveries
+        return Claim(ClaimOutcome.DEAD if dead else ClaimOutcome.RUN, mb)
+
+    @retried
+    def begin_forward(self, job_id: str, seq: int, worker: str,
+                      finished: tuple[str, int] | None = None) -> bool:
+        """Count a forward begun on a micro-batch this worker holds (False: it lost the lease,
+        so it must not run), and in the same transaction the end of the forward before it
+        (`finished`), which ran to its end: a crash from here on is not that one's doing."""
+        with self.tx() as cur:
+            if finished is not None:
+                cur.execute(
+                    "UPDATE micro_batches SET finished_forwards = finished_forwards + 1 "
+                    "WHERE job_id = ? AND seq = ? AND worker = ? "
+                    "AND finished_forwards < deliveries",
+                    (*finished, worker),
+                )
+            cur.execute(
+                "UPDATE micro_batches SET deliveries = deliveries + 1 "
+                "WHERE job_id = ? AND seq = ? AND state = ? AND worker = ?",
+                (job_id, seq, MicroBatchState.RUNNING.value, worker),
+            )
+            return cur.rowcount == 1
 
     @retried
     def renew_lease(self, job_id: str, seq: int, worker: str, lease_seconds: float) -> bool:

@@ -70,7 +70,12 @@ class PostgresStore(Store):
             raise TransientStoreError(str(exc).strip().splitlines()[0]) from exc
 
     def _has_schema_table(self, cur: Any) -> bool:
-        row = cur.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        """Read from pg_class with this statement's snapshot: `to_regclass` looks in the
+        catalog cache, which may not yet know a table another migrating host just created."""
+        row = cur.execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
+                          "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                          "WHERE c.relname = 'schema_version' AND c.relkind = 'r' "
+                          "AND n.nspname = current_schema())").fetchone()
         return bool(row and row[0])
 
     def _lock_schema(self, cur: Any) -> None:

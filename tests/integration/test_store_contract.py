@@ -68,11 +68,25 @@ def test_claim_outcomes_and_single_completion(store: Store) -> None:
 
 
 def test_expired_lease_is_reclaimed_and_counted_to_dead(store: Store) -> None:
-    """A lease that expires (worker died) can be claimed again; past the limit it is DEAD."""
+    """A lease that expires (worker died) can be claimed again; once `max_deliveries`
+    forwards were begun and never ended it is DEAD. Claims alone, and forwards that ended,
+    do not count."""
     new_job(store)
-    for delivery in (1, 2):
+    for _ in range(3):  # claimed ahead, never run: not the micro-batch's failures
+        assert store.claim("batch_1", 1, "w", lease_seconds=0.01, max_deliveries=2).outcome \
+            == ClaimOutcome.RUN
+        time.sleep(0.02)
+    claim = store.claim("batch_1", 1, "w", lease_seconds=0.01, max_deliveries=2)
+    assert store.begin_forward("batch_1", 1, "w")
+    assert store.claim("batch_1", 0, "w", 60, 2).outcome == ClaimOutcome.RUN
+    assert store.begin_forward("batch_1", 0, "w", finished=("batch_1", 1))  # 1 ended
+    assert not store.begin_forward("batch_1", 1, "other")  # not the holder: no forward
+    time.sleep(0.02)
+    for delivery in (2, 3):
         claim = store.claim("batch_1", 1, "w", lease_seconds=0.01, max_deliveries=2)
-        assert claim.outcome == ClaimOutcome.RUN and claim.micro_batch.deliveries == delivery
+        assert claim.outcome == ClaimOutcome.RUN and claim.micro_batch is not None
+        assert claim.micro_batch.failed_deliveries == delivery - 2
+        assert store.begin_forward("batch_1", 1, "w")  # and the worker dies in it
         time.sleep(0.02)
     assert ("batch_1", 1) in store.stale_micro_batches(requeue_after=3600)
     assert store.claim("batch_1", 1, "w", 60, max_deliveries=2).outcome == ClaimOutcome.DEAD
@@ -90,6 +104,7 @@ def test_dead_holders_lose_their_leases_live_ones_keep_them(store: Store) -> Non
         cur.execute("UPDATE workers SET last_seen = ? WHERE name = ?", (time.time() - 30, "silent"))
     for seq, holder in enumerate(("live", "silent", "forgotten")):
         assert store.claim("batch_1", seq, holder, 3600, 3).outcome == ClaimOutcome.RUN
+        assert store.begin_forward("batch_1", seq, holder)
     assert store.stale_micro_batches(requeue_after=3600) == []
     assert store.end_dead_leases(dead_after=15) == 2
     assert store.end_dead_leases(dead_after=15) == 0  # already ended: nothing moves twice
@@ -98,7 +113,7 @@ def test_dead_holders_lose_their_leases_live_ones_keep_them(store: Store) -> Non
                                                                      ("batch_1", 2)]
     assert store.claim("batch_1", 0, "other", 60, 3).outcome == ClaimOutcome.BUSY
     again = store.claim("batch_1", 1, "other", 60, 3)
-    assert again.outcome == ClaimOutcome.RUN and again.micro_batch.deliveries == 2
+    assert again.outcome == ClaimOutcome.RUN and again.micro_batch.failed_deliveries == 1
 
 
 def test_release_requeues_and_stale_queued_are_found(store: Store) -> None:
