@@ -257,8 +257,10 @@ def test_reclaim_keeps_a_churning_table_from_growing(postgres_url: str) -> None:
                 return int(cur.execute(
                     "SELECT pg_total_relation_size('micro_batches')").fetchone()[0])
 
-        sizes = [churn_and_measure() for _ in range(6)]
-        assert sizes[-1] <= sizes[1], sizes
+        # Without reclaim each round adds the table's whole size again (10 rounds: ~5x); with
+        # it, space is reused (a concurrent snapshot elsewhere may hold back one round's).
+        sizes = [churn_and_measure() for _ in range(10)]
+        assert sizes[-1] <= 1.5 * max(sizes[:2]), sizes
     finally:
         st.close()
 
