@@ -1,20 +1,35 @@
 """The online request queue between the HTTP gateway and GPU workers, with dynamic batching.
 
-The gateway pushes one request per `POST /v1/embeddings` and waits for its result; a worker pops
+The gateway pushes one request per `POST /v1/embeddings` and awaits its result; a worker pops
 requests into a batch that closes when the next request would overflow the padded-token budget
 or the row cap, or when the oldest request has waited `max_queue_delay_ms` (as Triton's dynamic
-batcher). Redis lists carry both directions in production; the store does in the embedded
-deployment.
+batcher). Redis lists carry both directions in production: requests on one list, answers on one
+reply list per gateway process, which a single task of that process hands to the waiting
+requests (no thread and no connection held per waiting request). The store carries both in the
+embedded deployment.
+
+A request carries the token ids the gateway measured, so the worker does not tokenize again; an
+answer carries its vectors as float32 bytes (base64), which the gateway writes out as JSON
+numbers or passes on as base64 without a float ever becoming a Python object.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import base64
+import contextlib
 import json
+import logging
 import time
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import orjson
 import redis
+import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from ops.settings import Settings
@@ -22,8 +37,10 @@ from ops.store import Store
 from schemas.microbatch import Item
 
 KEY_QUEUE = "online:queue"
-KEY_RESULT = "online:result:"
+KEY_REPLY = "online:reply:"
 RESULT_TTL = 120
+
+log = logging.getLogger(__name__)
 
 
 class OnlineRequest(BaseModel):
@@ -34,6 +51,8 @@ class OnlineRequest(BaseModel):
     adapter: str | None  # None: the base model
     lengths: list[int]
     enqueued_at: float
+    ids: list[list[int]] | None = None  # each text's token ids, as the gateway measured them
+    reply_to: str | None = None  # the list its answer goes to (Redis)
 
     def as_item(self) -> Item:
         """The request as the worker embeds it (one item, the request id as its custom_id)."""
@@ -41,17 +60,27 @@ class OnlineRequest(BaseModel):
                     model=self.model, adapter=self.adapter)
 
 
+def answer(vectors: np.ndarray, tokens: int) -> dict[str, Any]:
+    """A served request's answer: its unit vectors (rows, dim) as float32 bytes."""
+    data = np.ascontiguousarray(vectors, dtype="<f4")
+    return {"rows": data.shape[0], "dim": data.shape[1], "tokens": tokens,
+            "vectors": base64.b64encode(data.tobytes()).decode()}
+
+
+def answer_vectors(result: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(result["vectors"]), dtype="<f4").reshape(
+        result["rows"], result["dim"])
+
+
 class OnlineQueue(abc.ABC):
+    """The worker's side: take batches of requests, answer them."""
+
     @abc.abstractmethod
     def push(self, request: OnlineRequest) -> None: ...
 
     @abc.abstractmethod
-    def wait_result(self, request_id: str, timeout: float) -> dict[str, Any] | None:
-        """The worker's result, or None after `timeout` seconds (the caller has given up; a
-        worker drops the request unserved once it is older than `stale_after`)."""
-
-    @abc.abstractmethod
-    def put_result(self, request_id: str, result: dict[str, Any]) -> None: ...
+    def put_results(self, answered: Sequence[tuple[OnlineRequest, dict[str, Any]]]) -> None:
+        """Answer a batch's requests (in one round trip where the carrier allows)."""
 
     @abc.abstractmethod
     def _take(self, timeout: float) -> OnlineRequest | None:
@@ -93,43 +122,50 @@ class OnlineQueue(abc.ABC):
 
 
 class RedisOnlineQueue(OnlineQueue):
-    BLOCKING, POLL = 0.2, 0.0005
+    """Requests are taken up to `TAKE` at a time (LPOP with a count), so a batch of many small
+    requests costs a few round trips, not one each."""
+
+    BLOCKING, POLL, TAKE = 0.2, 0.0005, 64
 
     def __init__(self, url: str, prefix: str) -> None:
         self.redis = redis.Redis.from_url(url, socket_timeout=None)
         self.queue = prefix + KEY_QUEUE
-        self.results = prefix + KEY_RESULT
+        self._held: list[bytes] = []  # taken from Redis, not yet handed out (newest last)
 
     def push(self, request: OnlineRequest) -> None:
         self.redis.rpush(self.queue, request.model_dump_json())
 
-    def wait_result(self, request_id: str, timeout: float) -> dict[str, Any] | None:
-        got = self.redis.blpop([self.results + request_id], timeout=max(timeout, 0.01))
-        return json.loads(got[1]) if got else None
-
-    def put_result(self, request_id: str, result: dict[str, Any]) -> None:
-        key = self.results + request_id
-        with self.redis.pipeline() as pipe:
-            pipe.rpush(key, json.dumps(result, separators=(",", ":")))
-            pipe.expire(key, RESULT_TTL)
+    def put_results(self, answered: Sequence[tuple[OnlineRequest, dict[str, Any]]]) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for request, result in answered:
+                if request.reply_to is None:
+                    log.warning("online request %s has no reply list; dropped", request.id)
+                    continue
+                pipe.rpush(request.reply_to, orjson.dumps({"id": request.id, **result}))
+                pipe.expire(request.reply_to, RESULT_TTL)
             pipe.execute()
 
     def _take(self, timeout: float) -> OnlineRequest | None:
-        """BLPOP for long waits (an arrival wakes it at once); LPOP polls for the batching
-        delay's few milliseconds, because Redis checks blocking timeouts only every 1/hz
-        (100 ms by default), so a 4 ms BLPOP would wait up to 100 ms."""
+        """LPOP (with a count) first; BLPOP for long waits (an arrival wakes it at once); LPOP
+        polls for the batching delay's few milliseconds, because Redis checks blocking timeouts
+        only every 1/hz (100 ms by default), so a 4 ms BLPOP would wait up to 100 ms."""
+        if not self._held:
+            self._held = list(reversed(self.redis.lpop(self.queue, self.TAKE) or []))
+        if self._held:
+            return OnlineRequest.model_validate_json(self._held.pop())
         deadline = time.monotonic() + timeout
-        raw = self.redis.lpop(self.queue)
-        if raw is None and timeout >= self.BLOCKING:
+        if timeout >= self.BLOCKING:
             got = self.redis.blpop([self.queue], timeout=timeout)
             return OnlineRequest.model_validate_json(got[1]) if got else None
-        while raw is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             time.sleep(self.POLL)
-            raw = self.redis.lpop(self.queue)
-        return OnlineRequest.model_validate_json(raw) if raw is not None else None
+            self._held = list(reversed(self.redis.lpop(self.queue, self.TAKE) or []))
+            if self._held:
+                return OnlineRequest.model_validate_json(self._held.pop())
+        return None
 
     def _give_back(self, request: OnlineRequest) -> None:
-        self.redis.lpush(self.queue, request.model_dump_json())
+        self._held.append(request.model_dump_json().encode())
 
 
 class StoreOnlineQueue(OnlineQueue):
@@ -158,8 +194,9 @@ class StoreOnlineQueue(OnlineQueue):
             time.sleep(poll)
             poll = min(poll * 2, self.POLL_MAX)
 
-    def put_result(self, request_id: str, result: dict[str, Any]) -> None:
-        self.store.put_online_result(request_id, json.dumps(result, separators=(",", ":")))
+    def put_results(self, answered: Sequence[tuple[OnlineRequest, dict[str, Any]]]) -> None:
+        for request, result in answered:
+            self.store.put_online_result(request.id, json.dumps(result, separators=(",", ":")))
 
     def _take(self, timeout: float) -> OnlineRequest | None:
         if self._held:
@@ -183,3 +220,86 @@ def open_queue(cfg: Settings, store: Store) -> OnlineQueue:
     if cfg.embedded_broker:
         return StoreOnlineQueue(store)
     return RedisOnlineQueue(cfg.broker_url, cfg.redis_prefix)
+
+
+class OnlineGateway(abc.ABC):
+    """The gateway's side: send a request, await its answer."""
+
+    @abc.abstractmethod
+    async def call(self, request: OnlineRequest, timeout: float) -> dict[str, Any] | None:
+        """The worker's answer, or None after `timeout` seconds (the caller has given up; a
+        worker drops the request unserved once it is older than `stale_after`)."""
+
+
+class RedisOnlineGateway(OnlineGateway):
+    """One reply list per gateway process, read by one task (`bemq-online-replies`) that
+    resolves each waiting request's future: waiting costs no thread and no connection."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.queue = prefix + KEY_QUEUE
+        self.reply_to = f"{prefix}{KEY_REPLY}{uuid.uuid4().hex}"
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._redis: aioredis.Redis | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    def _started(self) -> aioredis.Redis:
+        """Clients and the reply task belong to the running loop (made on first use in it)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._redis is None:
+            self._loop, self._pending = loop, {}
+            self._redis = aioredis.Redis.from_url(self.url)
+            self._listener = loop.create_task(self._replies(aioredis.Redis.from_url(self.url)),
+                                              name="bemq-online-replies")
+        return self._redis
+
+    async def _replies(self, conn: aioredis.Redis) -> None:
+        try:
+            while True:
+                try:
+                    got = await conn.blpop([self.reply_to], timeout=1)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    log.warning("online replies: %r; retrying", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                if got is None:
+                    continue
+                result = orjson.loads(got[1])
+                future = self._pending.pop(result.pop("id"), None)
+                if future is not None and not future.done():
+                    future.set_result(result)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.aclose()
+
+    async def call(self, request: OnlineRequest, timeout: float) -> dict[str, Any] | None:
+        client = self._started()
+        assert self._loop is not None
+        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._pending[request.id] = future
+        request.reply_to = self.reply_to
+        try:
+            await client.rpush(self.queue, request.model_dump_json())
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._pending.pop(request.id, None)
+
+
+class StoreOnlineGateway(OnlineGateway):
+    """The embedded deployment: the store's queue, waited on in a worker thread."""
+
+    def __init__(self, store: Store) -> None:
+        self.queue = StoreOnlineQueue(store)
+
+    async def call(self, request: OnlineRequest, timeout: float) -> dict[str, Any] | None:
+        await asyncio.to_thread(self.queue.push, request)
+        return await asyncio.to_thread(self.queue.wait_result, request.id, timeout)
+
+
+def open_gateway(cfg: Settings, store: Store) -> OnlineGateway:
+    if cfg.embedded_broker:
+        return StoreOnlineGateway(store)
+    return RedisOnlineGateway(cfg.broker_url, cfg.redis_prefix)

@@ -4,9 +4,11 @@ gateway processes), or in the store for the embedded deployment."""
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 
 import redis
+import redis.asyncio as aioredis
 
 from ops.settings import Settings
 from ops.store import Store
@@ -33,17 +35,32 @@ class Limiter(abc.ABC):
     def take(self, bucket: str) -> float:
         """0 when a request may go ahead, else seconds until it may."""
 
+    async def take_async(self, bucket: str) -> float:
+        """`take` from the gateway's event loop (in a thread unless overridden)."""
+        return await asyncio.to_thread(self.take, bucket)
+
 
 class RedisLimiter(Limiter):
     def __init__(self, url: str, prefix: str, rate: float, burst: int) -> None:
         super().__init__(rate, burst)
+        self.url = url
         self.redis = redis.Redis.from_url(url)
         self.script = self.redis.register_script(_TAKE)
         self.prefix = prefix + "ratelimit:"
+        self._async: tuple[asyncio.AbstractEventLoop, aioredis.Redis, object] | None = None
 
     def take(self, bucket: str) -> float:
         return float(self.script(keys=[self.prefix + bucket],
                                  args=[self.rate, self.burst, time.time()]))
+
+    async def take_async(self, bucket: str) -> float:
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:  # clients belong to one loop
+            client = aioredis.Redis.from_url(self.url)
+            self._async = (loop, client, client.register_script(_TAKE))
+        script = self._async[2]
+        return float(await script(keys=[self.prefix + bucket],  # type: ignore[operator]
+                                  args=[self.rate, self.burst, time.time()]))
 
 
 class StoreLimiter(Limiter):

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     # HTTP gateway limits, per API key and endpoint.
     rate_limit_per_second: float = Field(20.0, gt=0)
     rate_limit_burst: int = Field(40, ge=1)
+    # How long the gateway remembers an API key's owner: a revoked key stops working within
+    # this many seconds (0: the store is read on every request).
+    api_key_cache_seconds: float = Field(5.0, ge=0)
     http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
     # Data lifecycle (`retention.run`): how long each kind of data is kept, in seconds (0 = for

@@ -8,6 +8,7 @@ the micro-batch's texts in item order, special tokens included, truncated as the
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 
@@ -22,12 +23,20 @@ class BadTokens(ValueError):
     """A stored token value that this format cannot read."""
 
 
+def from_rows(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ids → (lengths, flat ids), the form the worker runs."""
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64,
+                      count=int(lengths.sum()))
+    return lengths, ids
+
+
 def pack_ids(rows: Sequence[Sequence[int]]) -> bytes:
-    lengths = np.fromiter((len(r) for r in rows), dtype="<u4", count=len(rows))
-    flat = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(lengths.sum()))
+    lengths, flat = from_rows(rows)
     width = 2 if flat.size == 0 or int(flat.max()) < 1 << 16 else 4
     ids = flat.astype("<u2" if width == 2 else "<u4")
-    return _HEADER.pack(_MAGIC, width, len(rows)) + lengths.tobytes() + ids.tobytes()
+    return (_HEADER.pack(_MAGIC, width, len(rows)) + lengths.astype("<u4").tobytes()
+            + ids.tobytes())
 
 
 def unpack_lengths_and_ids(blob: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib
-import itertools
 import logging
 import os
 import socket
@@ -115,12 +114,7 @@ class Runtime:
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts → (lengths, flat ids), truncated to the model's limit: the form a micro-batch
         stores its token ids in (`schemas.tokens`)."""
-        encodings = self.tokenizer.encode_batch(texts)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64,
-                              count=len(encodings))
-        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings),
-                          dtype=np.int64, count=int(lengths.sum()))
-        return lengths, ids
+        return tokens.from_rows([e.ids for e in self.tokenizer.encode_batch(texts)])
 
     def embed(self, texts: list[str], adapters: list[str | None] | None = None, *,
               normalize: bool = True, usage: dict[str, torch.Tensor] | None = None,

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 
 from ops.store import migrations
 from ops.store.canary import CanaryRecords
-from ops.store.core import Cursor, Transactional, retried
+from ops.store.core import Cursor, Transactional, retried, storable
 from ops.store.features import Feature, FeatureRecords
 from ops.store.gateway import GatewayRecords
 from ops.store.retention import RetentionRecords
@@ -122,6 +122,8 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
 
     @retried
     def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+        if not storable(job_id):
+            return None
         sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
         params: list[Any] = [job_id]
         if tenant is not None:
@@ -146,6 +148,8 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
     @retried
     def list_jobs(self, tenant: str, after: str | None = None, limit: int = 20) -> list[Job]:
         """Newest first; `after` is the id of the last job of the previous page (cursor)."""
+        if after is not None and not storable(after):
+            return []
         sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?"
         params: list[Any] = [tenant]
         if after is not None:
@@ -484,6 +488,8 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
     def get_file(self, file_id: str, tenant: str | None = None) -> tuple[FileObject, str] | None:
         """A file that has not expired (an expired one is gone for its users at once, before
         `retention.run` removes it), with the blob key of its bytes."""
+        if not storable(file_id):
+            return None
         sql = (f"SELECT {FILE_COLUMNS} FROM files WHERE id = ? "
                "AND (expires_at IS NULL OR expires_at > ?)")
         params: list[Any] = [file_id, int(time.time())]

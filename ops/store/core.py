@@ -74,3 +74,9 @@ def retried(method: Callable[..., T]) -> Callable[..., T]:
                 delay = min(delay * 2, 2.0)
 
     return wrapper
+
+
+def storable(identifier: str) -> bool:
+    """Whether a caller's id could name a row: PostgreSQL text holds no NUL character, so an
+    id with one names nothing (a lookup answers "not found", not a server error)."""
+    return "\x00" not in identifier

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ops.store.core import Transactional, retried
+from ops.store.core import Transactional, retried, storable
 from ops.store.rows import FILE_COLUMNS, file_from_row
 from schemas.batch import TERMINAL_STATUSES, FileObject, JobStatus
 
@@ -30,6 +30,8 @@ class RetentionRecords(Transactional):
             sql += " AND purpose = ?"
             params.append(purpose)
         cmp, direction = ("<", "DESC") if descending else (">", "ASC")
+        if after is not None and not storable(after):
+            return []
         with self.tx() as cur:
             if after is not None:
                 anchor = cur.execute("SELECT created_at FROM files WHERE id = ? AND tenant = ?",

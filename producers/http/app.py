@@ -5,13 +5,14 @@ uses, with API keys (one tenant each), per-key rate limits and body size limits.
 """
 
 
+import asyncio
 import base64
 import math
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -24,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ops import apikeys
 from ops.blobs import BlobsUnavailable
 from ops.models import UnknownModel
-from ops.online import OnlineRequest, open_queue
+from ops.online import OnlineRequest, answer_vectors, open_gateway
 from ops.ratelimit import open_limiter
 from ops.settings import Settings, load_settings
 from ops.store import StoreUnavailable
@@ -65,7 +66,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     cfg = cfg or load_settings()
     base = Client(cfg)
     limiter = open_limiter(cfg, base.store)
-    queue = open_queue(cfg, base.store)
+    online = open_gateway(cfg, base.store)
+    keys = apikeys.KeyCache(base.store, cfg.api_key_cache_seconds)
     dim = int(base.model.config["hidden_size"])
     bearer = HTTPBearer(auto_error=False, description="an API key from `bemq keys create`")
 
@@ -99,17 +101,19 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         return error_response(503, f"{type(exc).__name__}: {exc}", kind="server_error",
                               code="unavailable", headers={"Retry-After": "5"})
 
-    def caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
-                                                  Depends(bearer)]) -> Caller:
+    async def caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
+                                                        Depends(bearer)]) -> Caller:
         if creds is None:
             raise APIError(401, "missing API key: send Authorization: Bearer KEY",
                            code="invalid_api_key")
-        found = apikeys.owner(base.store, creds.credentials)
+        known, found = keys.cached(creds.credentials)
+        if not known:
+            found = await asyncio.to_thread(keys.lookup, creds.credentials)
         if found is None:
             raise APIError(401, "invalid or revoked API key", code="invalid_api_key")
         route = request.scope.get("route")
         endpoint = getattr(route, "path", request.url.path)
-        wait = limiter.take(f"{found[0]}:{request.method}:{endpoint}")
+        wait = await limiter.take_async(f"{found[0]}:{request.method}:{endpoint}")
         if wait > 0:
             raise APIError(429, f"rate limit of {cfg.rate_limit_per_second:g}/s for this key "
                            f"on {request.method} {endpoint}; retry in {wait:.2f}s",
@@ -210,39 +214,50 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     # -- embeddings (online) -----------------------------------------------------------------
     @app.post("/v1/embeddings", response_model=m.EmbeddingsOut, tags=["embeddings"],
               responses=documented(400, 401, 404, 413, 429, 503))
-    def embeddings(who: Auth, body: m.EmbeddingsIn) -> m.EmbeddingsOut:
+    async def embeddings(who: Auth, body: m.EmbeddingsIn) -> Response:
+        """Async end to end: no thread waits for the worker's answer, and the answer's float32
+        vectors go out through orjson without a second pass through pydantic."""
         texts = [body.input] if isinstance(body.input, str) else body.input
         where = (lambda i: "input") if isinstance(body.input, str) else (lambda i: f"input[{i}]")
         try:
-            adapter = resolve_adapter(body.model, cfg.model_name,
-                                      lambda name: base.store.get_adapter(name) is not None)
+            adapter = resolve_adapter(body.model, cfg.model_name, None)
+            if adapter is not None:
+                adapter = await asyncio.to_thread(
+                    resolve_adapter, body.model, cfg.model_name,
+                    lambda name: base.store.get_adapter(name) is not None)
         except UnknownModel as exc:
             raise APIError(404, f"model: {exc}", param="model", code="model_not_found") from None
         if body.dimensions is not None and body.dimensions != dim:
             raise APIError(400, f"dimensions: this model gives {dim}", param="dimensions",
                            code="invalid_value")
-        lengths = [len(ids) for ids in token_ids(base.model, texts)]
-        for i, n in enumerate(lengths):
-            if n > base.model.max_seq_length:
-                raise APIError(400, f"{where(i)}: {n} tokens; the model's limit is "
+        ids = token_ids(base.model, texts)
+        for i, row in enumerate(ids):
+            if len(row) > base.model.max_seq_length:
+                raise APIError(400, f"{where(i)}: {len(row)} tokens; the model's limit is "
                                f"{base.model.max_seq_length}", param=where(i),
                                code="context_length_exceeded")
         request = OnlineRequest(id=uuid.uuid4().hex, tenant=who.tenant, model=body.model,
-                                texts=texts, adapter=adapter, lengths=lengths,
-                                enqueued_at=time.time())
-        queue.push(request)
-        result = queue.wait_result(request.id, cfg.online_timeout_seconds)
+                                texts=texts, adapter=adapter, lengths=[len(r) for r in ids],
+                                ids=ids, enqueued_at=time.time())
+        result = await online.call(request, cfg.online_timeout_seconds)
         if result is None:
             raise APIError(503, f"no worker answered within {cfg.online_timeout_seconds:g}s",
                            kind="server_error", code="timeout", headers={"Retry-After": "5"})
         if "error" in result:
             raise APIError(500, result["error"]["message"], kind="server_error",
                            code=result["error"]["code"])
-        data = [m.Embedding(index=i, embedding=_encode(v, body.encoding_format))
-                for i, v in enumerate(result["embeddings"])]
-        return m.EmbeddingsOut(data=data, model=body.model,
-                               usage=m.Usage(prompt_tokens=result["tokens"],
-                                             total_tokens=result["tokens"]))
+        vectors = answer_vectors(result)
+        if body.encoding_format == "base64":
+            data: list[dict[str, Any]] = [
+                {"object": "embedding", "index": i, "embedding": base64.b64encode(v).decode()}
+                for i, v in enumerate(vectors)]
+        else:
+            data = [{"object": "embedding", "index": i, "embedding": v}
+                    for i, v in enumerate(vectors)]
+        usage = {"prompt_tokens": result["tokens"], "total_tokens": result["tokens"]}
+        return Response(orjson.dumps({"object": "list", "data": data, "model": body.model,
+                                      "usage": usage}, option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json")
 
     # -- operations --------------------------------------------------------------------------
     @app.get("/health", response_model=m.Health, tags=["operations"])
@@ -266,12 +281,6 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
 
     return app
 
-
-
-def _encode(vector: list[float], encoding: str) -> list[float] | str:
-    if encoding == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-    return vector
 
 
 def _checks(cfg: Settings, base: Client) -> dict[str, str]:

@@ -22,10 +22,7 @@ class MemoryQueue(OnlineQueue):
     def push(self, request: OnlineRequest) -> None:
         self.items.append(request)
 
-    def wait_result(self, request_id: str, timeout: float) -> None:
-        raise NotImplementedError
-
-    def put_result(self, request_id: str, result: dict) -> None:
+    def put_results(self, answered: object) -> None:
         raise NotImplementedError
 
     def _take(self, timeout: float) -> OnlineRequest | None:
