@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install promtool demo test test-fast bench soak check-kernels lint clean
+.PHONY: install promtool wrk demo test test-fast bench soak check-kernels lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,14 +26,25 @@ promtool:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
 		>/dev/null; }; } || echo "promtool unavailable: monitoring tests will skip"
 
+# wrk (Debian's package) generates bench/overhead.py's online load; without it the benchmark
+# falls back to async httpx, which saturates a core of this machine before the gateway does.
+wrk:
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& echo "installing Debian's wrk package" \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk \
+		>/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk \
+		>/dev/null; }; } || echo "wrk unavailable: bench/overhead.py uses httpx"
+
 test: install promtool
 	$(VENV)/bin/pytest -q
 
 test-fast: install
 	$(VENV)/bin/pytest -q tests/unit
 
-bench: install
+bench: install wrk
 	mkdir -p bench-results
+	$(PY) bench/overhead.py --json bench-results/overhead.json
 	$(PY) bench/pipeline.py --json bench-results/pipeline.json
 	$(PY) bench/kernels.py --json bench-results/kernels.json
 	$(PY) bench/online.py --json bench-results/online.json

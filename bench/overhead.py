@@ -11,9 +11,10 @@ In one run, on loopback only:
   claim) with one worker and the zero-cost model, on the embedded default, on Redis +
   PostgreSQL with local blobs, and with S3 blobs (moto_server; reported only, moto itself
   costs CPU here). worker_items_per_s = the lower of the first two.
-- online_rps, online_p50_ms, online_p99_ms: C concurrent clients (async httpx, one sentence per
-  request) against `bemq serve` and one worker with the zero-cost model; the generator's CPU
-  share of the machine is reported beside them.
+- online_rps, online_p50_ms, online_p99_ms: C concurrent connections, one sentence per request,
+  from wrk (bench/online_load.lua; `make wrk` installs it; async httpx where it is missing)
+  against `bemq serve` and one worker with the zero-cost model; the generator's CPU share of
+  the machine is reported beside them.
 - With the real model: pipeline_efficiency = a job's items/s through Redis + PostgreSQL and a
   worker ÷ the direct model's items/s on the same micro-batches; worker_busy_ratio = seconds
   inside model forwards ÷ (last completion − first claim); online_efficiency = online RPS ÷ the
@@ -31,7 +32,9 @@ import json
 import os
 import re
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -168,10 +171,26 @@ async def online_load(url: str, key: str, texts: list[str], clients: int, second
                                      - cpu.ru_utime - cpu.ru_stime)
 
 
+def wrk_load(url: str, key: str, texts: list[str], clients: int, seconds: float, home: Path
+             ) -> tuple[dict[str, float], float]:
+    """wrk (one thread, `clients` connections) running bench/online_load.lua; (its totals,
+    its CPU seconds)."""
+    bodies = home / "online_bodies.jsonl"
+    bodies.write_text("".join(json.dumps({"model": "minilm", "input": t}) + "\n"
+                              for t in texts))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "30s", "-s",
+         str(Path(__file__).with_name("online_load.lua")), url, "--", str(bodies), key],
+        capture_output=True, text=True, timeout=seconds + 60, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    totals = json.loads(done.stdout.strip().splitlines()[-1])
+    return totals, (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+
+
 def online(env: dict[str, str], home: Path, clients: int, seconds: float, label: str
            ) -> tuple[dict[str, float], dict[str, float]]:
     env = env | {"BEMQ_METRICS_PORT": str(services.free_port())}
-    results: dict[str, float] = {}
     with Client(settings_for(env)) as client:
         _, key = apikeys.create(client.store, "bench")
         texts = sentences(client.model, 2000, seed=11)
@@ -181,17 +200,29 @@ def online(env: dict[str, str], home: Path, clients: int, seconds: float, label:
             worker.wait_ready(client.store)
             asyncio.run(online_load(url, key, texts, 4, 2.0))  # warm-up
             before = scrape(int(env["BEMQ_METRICS_PORT"]))
-            lat, errs, took, cpu = asyncio.run(online_load(url, key, texts, clients, seconds))
+            if shutil.which("wrk"):
+                totals, cpu = wrk_load(url, key, texts, clients, seconds, home)
+                took = totals["duration_us"] / 1e6
+                results = {"online_rps": totals["requests"] / took,
+                           "online_p50_ms": totals["p50_us"] / 1000,
+                           "online_p99_ms": totals["p99_us"] / 1000,
+                           "online_errors": totals["non_2xx"] + totals["socket_errors"],
+                           "load_generator": "wrk"}  # type: ignore[dict-item]
+            else:
+                lat, errs, took, cpu = asyncio.run(online_load(url, key, texts, clients,
+                                                               seconds))
+                lat.sort()
+                results = {"online_rps": len(lat) / took,
+                           "online_p50_ms": statistics.median(lat),
+                           "online_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+                           "online_errors": errs,
+                           "load_generator": "httpx"}  # type: ignore[dict-item]
             after = scrape(int(env["BEMQ_METRICS_PORT"]))
         finally:
             worker.stop()
             gateway.terminate()
             gateway.wait(20)
-    lat.sort()
-    results = {"online_rps": len(lat) / took, "online_p50_ms": statistics.median(lat),
-               "online_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-               "online_errors": errs,
-               "load_generator_cpu_share": cpu / (took * (os.cpu_count() or 1))}
+    results["load_generator_cpu_share"] = cpu / (took * (os.cpu_count() or 1))
     forwards = sample(after, "bem_batch_size_count") - sample(before, "bem_batch_size_count")
     rows = sample(after, "bem_batch_size_sum") - sample(before, "bem_batch_size_sum")
     results["online_mean_batch_rows"] = rows / forwards if forwards else 0.0

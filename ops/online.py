@@ -136,13 +136,18 @@ class RedisOnlineQueue(OnlineQueue):
         self.redis.rpush(self.queue, request.model_dump_json())
 
     def put_results(self, answered: Sequence[tuple[OnlineRequest, dict[str, Any]]]) -> None:
+        """One RPUSH (and one EXPIRE) per gateway process the batch's requests came from."""
+        replies: dict[str, list[bytes]] = {}
+        for request, result in answered:
+            if request.reply_to is None:
+                log.warning("online request %s has no reply list; dropped", request.id)
+                continue
+            replies.setdefault(request.reply_to, []).append(
+                orjson.dumps({"id": request.id, **result}))
         with self.redis.pipeline(transaction=False) as pipe:
-            for request, result in answered:
-                if request.reply_to is None:
-                    log.warning("online request %s has no reply list; dropped", request.id)
-                    continue
-                pipe.rpush(request.reply_to, orjson.dumps({"id": request.id, **result}))
-                pipe.expire(request.reply_to, RESULT_TTL)
+            for reply_to, values in replies.items():
+                pipe.rpush(reply_to, *values)
+                pipe.expire(reply_to, RESULT_TTL)
             pipe.execute()
 
     def _take(self, timeout: float) -> OnlineRequest | None:

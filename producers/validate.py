@@ -90,8 +90,10 @@ def resolve_adapter(requested: str, served: str,
 
 def token_ids(model: ModelFiles, texts: list[str]) -> list[list[int]]:
     """Word-piece ids per text, special tokens included (what `max_seq_length` limits)."""
-    encodings = model.tokenizer(truncate=False).encode_batch(texts, add_special_tokens=True)
-    return [e.ids for e in encodings]
+    tokenizer = model.tokenizer(truncate=False)
+    if len(texts) == 1:  # an online request's one text: no batch (thread pool) set-up for it
+        return [tokenizer.encode(texts[0], add_special_tokens=True).ids]
+    return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=True)]
 
 
 def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:
