@@ -70,7 +70,8 @@ def base_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEMQ_")}
     env.update(BEMQ_HOME=str(home), BEMQ_POLL_INTERVAL="0.05", BEMQ_MODEL_CLASS=NULL_MODEL,
                BEMQ_WORKER_SCHEDULE="none", BEMQ_RATE_LIMIT_PER_SECOND="1000000",
-               BEMQ_RATE_LIMIT_BURST="1000000", **extra)
+               BEMQ_RATE_LIMIT_BURST="1000000")
+    env.update(extra)
     return env
 
 

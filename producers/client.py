@@ -26,7 +26,7 @@ from ops.store import open_store
 from producers.broker import BrokerUnavailable, send_micro_batches
 from producers.packing import pack
 from producers.routing import route
-from producers.validate import validate_jsonl
+from producers.validate import gc_paused, validate_jsonl
 from schemas.adapters import AdapterRecord
 from schemas.batch import BatchErrors, FileObject, Job, JobStatus
 from schemas.constants import COMPLETION_WINDOWS, ENDPOINT_EMBEDDINGS
@@ -196,12 +196,15 @@ class Client:
 
         # Under a canary rollout, items asking for its stable version are split between the
         # arms here; mixed arms share micro-batches (one forward serves mixed adapters).
-        items = route(check.items, self.tenant, self.store.routes(), cfg.canary_shadow_fraction)
-        groups = pack(items, cfg.max_batch_tokens, cfg.max_batch_size)
-        batches = [MicroBatch(job_id=job.id, seq=seq, state=MicroBatchState.QUEUED, items=g,
-                              tokens=pack_ids([row for item in g for row in check.ids[item.line]]))
-                   for seq, g in enumerate(groups)]
-        self.store.start_job(job.id, batches, total=len(check.items))
+        with gc_paused():
+            items = route(check.items, self.tenant, self.store.routes(),
+                          cfg.canary_shadow_fraction)
+            groups = pack(items, cfg.max_batch_tokens, cfg.max_batch_size)
+            batches = [MicroBatch(job_id=job.id, seq=seq, state=MicroBatchState.QUEUED,
+                                  items=g, tokens=pack_ids([row for item in g
+                                                            for row in check.ids[item.line]]))
+                       for seq, g in enumerate(groups)]
+            self.store.start_job(job.id, batches, total=len(check.items))
         try:
             send_micro_batches(self.settings, [(job.id, mb.seq) for mb in batches])
         except BrokerUnavailable as exc:

@@ -3,9 +3,11 @@ names the line (1-based) and the field, so a user can fix the file without guess
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pydantic import ValidationError
 
@@ -54,6 +56,13 @@ def validate_jsonl(data: bytes, *, model: ModelFiles, served: str, max_lines: in
                    f"input has {len(numbered)} lines; the limit is {max_lines}")
         return result
 
+    with gc_paused():  # a file's worth of short-lived objects: no collection midway
+        _check_lines(result, numbered, model, served, known_adapters)
+    return result
+
+
+def _check_lines(result: Validation, numbered: list[tuple[int, bytes]], model: ModelFiles,
+                 served: str, known_adapters: frozenset[str] | None) -> None:
     seen: dict[str, int] = {}
     parsed: list[tuple[int, InputLine, str | None]] = []
     for n, raw in numbered:
@@ -73,9 +82,21 @@ def validate_jsonl(data: bytes, *, model: ModelFiles, served: str, max_lines: in
             result.add("model_not_found", str(exc), n, "body.model")
             continue
         parsed.append((n, line, adapter))
-
     _measure(result, parsed, model)
-    return result
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector: validating 50,000 lines makes millions of
+    objects that live until the job is stored, and collections midway only rescan them
+    (measured: 0.2-0.4 s of 1.6 s for 20,000 lines)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def resolve_adapter(requested: str, served: str,
@@ -97,6 +118,12 @@ def token_ids(model: ModelFiles, texts: list[str]) -> list[list[int]]:
 
 
 def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:
+    """A valid line is parsed and checked in one pass (pydantic's own JSON parser); any other
+    goes the long way, which names exactly what is wrong with it."""
+    try:
+        return InputLine.model_validate_json(raw)
+    except ValidationError:
+        pass
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
