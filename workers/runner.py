@@ -207,7 +207,7 @@ def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
     (its items never ran)."""
     cfg = rt.settings
     dead = extras is None
-    ok_lines: list[bytes] = []
+    served_lines: list[tuple[str, Item, torch.Tensor]] = []
     err_lines: list[bytes] = []
     served: list[torch.Tensor] = []
     items = [item for item, _ in results]
@@ -222,8 +222,9 @@ def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
             assert result.message is not None
             err_lines.append(_error_line(rid, item, "invalid_output", result.message))
         else:
-            ok_lines.append(_output_line(rid, item, result.vectors))
+            served_lines.append((rid, item, result.vectors))
             served.append(result.vectors)
+    ok_lines = output_lines(served_lines)
     if ok_lines:
         rt.blobs.put(shard_key(mb.job_id, mb.seq, "out"), b"\n".join(ok_lines) + b"\n")
     if err_lines:
@@ -242,16 +243,27 @@ def _error_line(rid: str, item: Item, code: str, message: str) -> bytes:
                          "error": {"code": code, "message": message}})
 
 
-def _output_line(rid: str, item: Item, vectors: torch.Tensor) -> bytes:
-    """OpenAI's embeddings response; float32 values in their shortest exact decimal form."""
-    tokens = sum(item.lengths)
-    data = [{"object": "embedding", "index": i, "embedding": v}
-            for i, v in enumerate(vectors.numpy())]
-    return orjson.dumps({
-        "id": rid, "custom_id": item.custom_id,
-        "response": {"status_code": 200, "request_id": rid, "body": {
-            "object": "list", "data": data, "model": item.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }},
-        "error": None,
-    }, option=orjson.OPT_SERIALIZE_NUMPY)
+def output_lines(served: Sequence[tuple[str, Item, torch.Tensor]]) -> list[bytes]:
+    """OpenAI's embeddings response line for each (request id, item, unit vectors), float32
+    values in their shortest exact decimal form: the same bytes as `orjson.dumps` of the
+    response dict, but every vector of the micro-batch is formatted in one call and each line
+    is put together around its rows (every string in it still goes through orjson)."""
+    if not served:
+        return []
+    matrix = torch.cat([vectors for _, _, vectors in served]).numpy()
+    rows = orjson.dumps(matrix, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+    lines, start = [], 0
+    for rid, item, vectors in served:
+        tokens = sum(item.lengths)
+        data = b",".join(b'{"object":"embedding","index":%d,"embedding":[%s]}' % (i, row)
+                         for i, row in enumerate(rows[start:start + vectors.shape[0]]))
+        start += vectors.shape[0]
+        rid_json = orjson.dumps(rid)
+        lines.append(
+            b'{"id":' + rid_json + b',"custom_id":' + orjson.dumps(item.custom_id)
+            + b',"response":{"status_code":200,"request_id":' + rid_json
+            + b',"body":{"object":"list","data":[' + data + b'],"model":'
+            + orjson.dumps(item.model)
+            + b',"usage":{"prompt_tokens":%d,"total_tokens":%d}}},"error":null}'
+            % (tokens, tokens))
+    return lines
