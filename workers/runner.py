@@ -20,7 +20,7 @@ from ops import metrics
 from ops.blobs import BlobsUnavailable
 from ops.keys import request_id, shard_key
 from ops.lifecycle import finalize
-from ops.store import ClaimOutcome, StoreUnavailable
+from ops.store import ClaimOutcome, Completion, StoreUnavailable
 from schemas import tokens
 from schemas.canary import Arm
 from schemas.microbatch import Item, MicroBatch
@@ -136,18 +136,18 @@ def forward(rt: Runtime, work: Work) -> bool:
 
 
 def write(rt: Runtime, work: Work) -> None:
-    """Write the shards and complete the micro-batch once; finalize the job after the first
-    completion of its last micro-batch."""
+    """Write the shards and complete the micro-batch once; finalize the job once its last
+    item is accounted for."""
     mb = work.mb
     if work.dead:
         reason = (f"micro-batch failed {mb.failed_deliveries} deliveries "
                   f"(limit {rt.settings.max_deliveries})")
-        first = _write_and_complete(rt, mb, [(item, reason) for item in mb.items], None)
+        done = _write_and_complete(rt, mb, [(item, reason) for item in mb.items], None)
     else:
         assert work.results is not None
-        first = _write_and_complete(rt, mb, work.results, work.extras)
+        done = _write_and_complete(rt, mb, work.results, work.extras)
         rt.release_memory()
-    if first:
+    if done.first and done.job_done:
         finalize(rt.store, rt.blobs, mb.job_id)
 
 
@@ -202,7 +202,7 @@ def _latency_probe(rt: Runtime, work: Work) -> tuple[float, float] | None:
 
 
 def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
-                        extras: Extras | None) -> bool:
+                        extras: Extras | None) -> Completion:
     """Write the shards and complete the micro-batch once; `extras` is None for a dead one
     (its items never ran)."""
     cfg = rt.settings

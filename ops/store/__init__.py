@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from ops.store.base import Claim, ClaimOutcome, Store
+from ops.store.base import Claim, ClaimOutcome, Completion, Store
 from ops.store.core import StoreUnavailable
 
 
@@ -26,4 +26,4 @@ def open_store(url: str, *, pool_size: int = 8, retry_seconds: float = 30.0) -> 
     raise ValueError(f"unsupported store URL {url!r}: expected sqlite:/// or postgresql://")
 
 
-__all__ = ["Claim", "ClaimOutcome", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["Claim", "ClaimOutcome", "Completion", "Store", "StoreUnavailable", "open_store"]

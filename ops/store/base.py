@@ -45,6 +45,12 @@ class ClaimOutcome(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True)
+class Completion:
+    first: bool  # this call completed it (a repeat moves nothing)
+    job_done: bool  # every item of its job is now accounted for: time to finalize the job
+
+
+@dataclasses.dataclass(frozen=True)
 class Claim:
     outcome: ClaimOutcome
     micro_batch: MicroBatch | None = None
@@ -387,10 +393,12 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
     @retried
     def complete(self, job_id: str, seq: int, n_ok: int, n_err: int, *,
                  dead: bool = False, error: str | None = None,
-                 samples: Sequence[Sample] = (), features: Sequence[Feature] = ()) -> bool:
+                 samples: Sequence[Sample] = (), features: Sequence[Feature] = ()
+                 ) -> Completion:
         """Record a micro-batch's results once, with its canary samples and drift features in
-        the same transaction. Returns False for a repeated completion, which therefore never
-        moves the job's counters, nor adds samples, twice."""
+        the same transaction. A repeated completion (`first` False) never moves the job's
+        counters, nor adds samples, twice. `job_done` spares the caller a look at the job
+        after every micro-batch but its last."""
         state = MicroBatchState.DEAD if dead else MicroBatchState.DONE
         marks = ", ".join("?" for _ in OPEN_STATES)
         with self.tx() as cur:
@@ -404,14 +412,15 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
                 (state.value, n_ok, n_err, time.time(), error, job_id, seq, *OPEN_STATES),
             )
             if cur.rowcount != 1:
-                return False
-            cur.execute(
-                "UPDATE jobs SET completed = completed + ?, failed = failed + ? WHERE id = ?",
+                return Completion(first=False, job_done=False)
+            counts = cur.execute(
+                "UPDATE jobs SET completed = completed + ?, failed = failed + ? WHERE id = ? "
+                "RETURNING completed + failed, total",
                 (n_ok, n_err, job_id),
-            )
+            ).fetchone()
             self._insert_samples(cur, samples)
             self._insert_features(cur, features)
-        return True
+        return Completion(first=True, job_done=counts is not None and counts[0] >= counts[1])
 
     @retried
     def end_dead_leases(self, dead_after: float) -> int:

@@ -130,7 +130,7 @@ def test_v3_store_upgrades_with_every_row_kept_and_usable(store_url: str) -> Non
         claim = store.claim("batch_old", 0, "w", 60, 3)
         assert claim.outcome == ClaimOutcome.RUN
         assert [i.custom_id for i in claim.micro_batch.items] == ["a"]
-        assert store.complete("batch_old", 0, 1, 0) is True
+        assert store.complete("batch_old", 0, 1, 0).first
         assert store.get_job("batch_old").request_counts.completed == 1
         found = store.get_file("file-out", tenant="acme")
         assert found is not None and found[1] == "files/file-out"

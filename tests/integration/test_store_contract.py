@@ -59,12 +59,15 @@ def test_claim_outcomes_and_single_completion(store: Store) -> None:
     assert first.outcome == ClaimOutcome.RUN and first.micro_batch is not None
     assert [i.custom_id for i in first.micro_batch.items] == ["batch_1-0-0", "batch_1-0-1"]
     assert store.claim("batch_1", 0, "w2", 60, 3).outcome == ClaimOutcome.BUSY
-    assert store.complete("batch_1", 0, n_ok=2, n_err=0) is True
-    assert store.complete("batch_1", 0, n_ok=2, n_err=0) is False
+    assert store.complete("batch_1", 0, n_ok=2, n_err=0).first
+    assert not store.complete("batch_1", 0, n_ok=2, n_err=0).first
     assert store.claim("batch_1", 0, "w2", 60, 3).outcome == ClaimOutcome.DONE
     counts = store.get_job("batch_1").request_counts  # type: ignore[union-attr]
     assert (counts.completed, counts.failed) == (2, 0)
     assert store.claim("batch_9", 0, "w", 60, 3).outcome == ClaimOutcome.DONE
+    assert not store.complete("batch_1", 0, n_ok=2, n_err=0).job_done
+    last = store.complete("batch_1", 1, n_ok=1, n_err=1)  # every item accounted for now
+    assert last.first and last.job_done
 
 
 def test_expired_lease_is_reclaimed_and_counted_to_dead(store: Store) -> None:
@@ -90,7 +93,7 @@ def test_expired_lease_is_reclaimed_and_counted_to_dead(store: Store) -> None:
         time.sleep(0.02)
     assert ("batch_1", 1) in store.stale_micro_batches(requeue_after=3600)
     assert store.claim("batch_1", 1, "w", 60, max_deliveries=2).outcome == ClaimOutcome.DEAD
-    assert store.complete("batch_1", 1, 0, 2, dead=True, error="limit") is True
+    assert store.complete("batch_1", 1, 0, 2, dead=True, error="limit").first
     assert store.get_job("batch_1").dead_micro_batches == 1  # type: ignore[union-attr]
 
 
@@ -140,7 +143,7 @@ def test_cancel_skips_queued_and_running_finish(store: Store) -> None:
     assert job.status == JobStatus.CANCELLING and job.cancelling_at is not None  # type: ignore[union-attr]
     assert store.micro_batch_summary("batch_1") == {"running": 1, "skipped": 1}
     assert store.claim("batch_1", 1, "w", 60, 3).outcome == ClaimOutcome.DONE
-    assert store.complete("batch_1", 0, 2, 0) is True
+    assert store.complete("batch_1", 0, 2, 0).first
     assert store.open_micro_batches("batch_1") == 0
     assert store.finished_shards("batch_1") == [(0, 2, 0)]
 
