@@ -57,13 +57,15 @@ def started(env: dict[str, str], client: Client, log: Path, **kw: object) -> Loc
 
 
 def kill_mid_batch(client: Client, victim: LocalWorker, job_id: str, after: int) -> int:
-    """Wait until `after` items are done and the victim runs a micro-batch; kill -9 it there.
+    """Wait until `after` items are done and the victim runs a micro-batch's forward (not one
+    only claimed ahead); kill -9 it there.
     Returns the killed micro-batch's seq."""
     name = f"{socket.gethostname()}-{victim.pid}"
     while True:
         with client.store.tx() as cur:
             row = cur.execute("SELECT seq FROM micro_batches WHERE job_id = ? AND state = ? "
-                              "AND worker = ?", (job_id, "running", name)).fetchone()
+                              "AND worker = ? AND deliveries > finished_forwards",
+                              (job_id, "running", name)).fetchone()
         if row and client.status(job_id).request_counts.completed >= after:
             victim.kill()
             return int(row[0])

@@ -37,11 +37,13 @@ QUICK_HEARTBEATS = {"BEMQ_HEARTBEAT_SECONDS": "1", "BEMQ_RECONCILE_INTERVAL": "1
 
 
 def holds_a_lease(client: Client, worker: LocalWorker, job_id: str) -> bool:
-    """Whether `worker` is running one of the job's micro-batches right now."""
+    """Whether `worker` is running one of the job's micro-batches right now: holds its lease
+    and has begun its forward (a worker also holds micro-batches claimed ahead)."""
     name = f"{socket.gethostname()}-{worker.pid}"
     with client.store.tx() as cur:
         row = cur.execute("SELECT COUNT(*) FROM micro_batches WHERE job_id = ? AND state = ? "
-                          "AND worker = ?", (job_id, "running", name)).fetchone()
+                          "AND worker = ? AND deliveries > finished_forwards",
+                          (job_id, "running", name)).fetchone()
     return bool(row and row[0])
 
 
