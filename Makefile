@@ -16,25 +16,26 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/bemq demo
 
-# promtool (Debian's prometheus package) checks the alert rules and runs the live-Prometheus test;
-# without it, and outside CI, those tests skip and say so.
-promtool:
-	@command -v promtool >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
-		&& echo "installing Debian's prometheus package (promtool)" \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+# $(call apt-tool,COMMAND,PACKAGE,WHAT-HAPPENS-WITHOUT): as root on Debian, install the package
+# that provides a tool when it is missing; otherwise say what goes without it.
+define apt-tool
+	@command -v $(1) >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& echo "installing Debian's $(2) package ($(1))" \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) \
 		>/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
-		>/dev/null; }; } || echo "promtool unavailable: monitoring tests will skip"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) \
+		>/dev/null; }; } || echo "$(1) unavailable: $(3)"
+endef
 
-# wrk (Debian's package) generates bench/overhead.py's online load; without it the benchmark
-# falls back to async httpx, which saturates a core of this machine before the gateway does.
+# promtool checks the alert rules and runs the live-Prometheus test; without it, and outside CI,
+# those tests skip and say so.
+promtool:
+	$(call apt-tool,promtool,prometheus,monitoring tests will skip)
+
+# wrk generates bench/overhead.py's online load; without it the benchmark falls back to async
+# httpx, which saturates a core of this machine before the gateway does.
 wrk:
-	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
-		&& echo "installing Debian's wrk package" \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk \
-		>/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk \
-		>/dev/null; }; } || echo "wrk unavailable: bench/overhead.py uses httpx"
+	$(call apt-tool,wrk,wrk,bench/overhead.py uses httpx)
 
 test: install promtool
 	$(VENV)/bin/pytest -q
