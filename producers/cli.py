@@ -63,13 +63,15 @@ def worker(queues: str, devices: str, concurrency: int, beat: bool, loglevel: st
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--metadata", "-m", multiple=True, help="KEY=VALUE, repeatable")
 @click.option("--completion-window", default="24h", show_default=True)
+@click.option("--expires-after", type=click.IntRange(min=1), default=None,
+              help="seconds the uploaded input file lives (default: BEMQ_RETAIN_INPUT_FILES)")
 @click.option("--output-expires-after", type=click.IntRange(min=1), default=None,
               help="seconds the output and error files live once written "
                    "(default: BEMQ_RETAIN_OUTPUT_FILES)")
 @click.option("--wait", "wait_", is_flag=True, help="wait with a progress bar")
 @click.pass_context
 def submit(ctx: click.Context, path: str, metadata: tuple[str, ...], completion_window: str,
-           output_expires_after: int | None, wait_: bool) -> None:
+           expires_after: int | None, output_expires_after: int | None, wait_: bool) -> None:
     """Submit a JSONL batch file (OpenAI batch line format); prints the job id."""
     meta = {}
     for pair in metadata:
@@ -79,6 +81,7 @@ def submit(ctx: click.Context, path: str, metadata: tuple[str, ...], completion_
         meta[key] = value
     with client_for(ctx) as client:
         job = client.submit_job(path, metadata=meta or None, completion_window=completion_window,
+                                expires_after=expires_after,
                                 output_expires_after=output_expires_after)
         click.echo(job.id)
         if wait_:

@@ -153,12 +153,14 @@ class Client:
     # -- jobs ----------------------------------------------------------------------------
     def submit_job(self, items: ItemsLike, *, model: str | None = None,
                    metadata: dict[str, str] | None = None, completion_window: str = "24h",
+                   expires_after: int | None = None,
                    output_expires_after: int | None = None) -> Job:
-        """Submit a JSONL path, raw JSONL bytes, or a list of texts / request dicts.
+        """Submit a JSONL path, raw JSONL bytes, or a list of texts / request dicts; the
+        uploaded input file lives `expires_after` seconds (see `upload_file`).
 
         Raises `InvalidBatch` (carrying the failed job) when validation finds errors."""
         data, filename = self._input_bytes(items, model or self.settings.model_name)
-        upload = self.upload_file(data, filename)
+        upload = self.upload_file(data, filename, expires_after=expires_after)
         return self.create_batch(upload.id, metadata=metadata,
                                  completion_window=completion_window,
                                  output_expires_after=output_expires_after)

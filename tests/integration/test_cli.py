@@ -34,7 +34,8 @@ def test_submit_wait_status_results_jobs(tmp_path: Path) -> None:
         try:
             rows = request_lines([f"sentence number {i}" for i in range(30)])
             done = bemq(env, "submit", str(write_jsonl(tmp_path / "in.jsonl", rows)), "--wait",
-                        "-m", "team=search")
+                        "-m", "team=search", "--expires-after", "7200",
+                        "--output-expires-after", "3600")
             assert done.returncode == 0, done.stderr
             job_id = done.stdout.split()[0]
             assert f"{job_id} completed: 30 completed, 0 failed of 30" in done.stdout
@@ -42,6 +43,12 @@ def test_submit_wait_status_results_jobs(tmp_path: Path) -> None:
             status = bemq(env, "status", job_id, "--json")
             obj = json.loads(status.stdout)
             assert obj["status"] == "completed" and obj["metadata"] == {"team": "search"}
+            upload = client.store.get_file(obj["input_file_id"])
+            assert upload is not None
+            assert upload[0].expires_at == upload[0].created_at + 7200
+            output = client.store.get_file(obj["output_file_id"])
+            assert output is not None and output[0].expires_at is not None
+            assert 0 < output[0].expires_at - obj["completed_at"] <= 3600 + 1
             out = tmp_path / "out.jsonl"
             assert bemq(env, "results", job_id, "-o", str(out)).returncode == 0
             ids = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
