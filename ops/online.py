@@ -154,20 +154,18 @@ class RedisOnlineQueue(OnlineQueue):
         """LPOP (with a count) first; BLPOP for long waits (an arrival wakes it at once); LPOP
         polls for the batching delay's few milliseconds, because Redis checks blocking timeouts
         only every 1/hz (100 ms by default), so a 4 ms BLPOP would wait up to 100 ms."""
-        if not self._held:
-            self._held = list(reversed(self.redis.lpop(self.queue, self.TAKE) or []))
-        if self._held:
-            return OnlineRequest.model_validate_json(self._held.pop())
         deadline = time.monotonic() + timeout
-        if timeout >= self.BLOCKING:
+        if not self._held and timeout >= self.BLOCKING and not self._fill():
             got = self.redis.blpop([self.queue], timeout=timeout)
             return OnlineRequest.model_validate_json(got[1]) if got else None
-        while time.monotonic() < deadline:
+        while not self._held and not self._fill() and time.monotonic() < deadline:
             time.sleep(self.POLL)
-            self._held = list(reversed(self.redis.lpop(self.queue, self.TAKE) or []))
-            if self._held:
-                return OnlineRequest.model_validate_json(self._held.pop())
-        return None
+        return OnlineRequest.model_validate_json(self._held.pop()) if self._held else None
+
+    def _fill(self) -> bool:
+        """Take up to `TAKE` waiting requests into `_held`; whether any came."""
+        self._held = list(reversed(self.redis.lpop(self.queue, self.TAKE) or []))
+        return bool(self._held)
 
     def _give_back(self, request: OnlineRequest) -> None:
         self._held.append(request.model_dump_json().encode())

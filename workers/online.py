@@ -12,7 +12,7 @@ import torch
 from ops.online import OnlineQueue, OnlineRequest, answer, open_queue
 from schemas import tokens
 from workers import outcomes
-from workers.runner import embed_items
+from workers.runner import embed_items, item_rows
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,7 @@ class OnlineServer:
             lengths, ids = tokens.from_rows([row for r in batch for row in r.ids or ()])
         else:
             lengths, ids = self.rt.tokenize([t for item in items for t in item.texts])
-        entries, start = [], 0
-        for item in items:
-            entries.append((item, list(range(start, start + len(item.texts)))))
-            start += len(item.texts)
+        entries = list(zip(items, item_rows(items), strict=True))
 
         def embed(rows: list[int], adapters: list[str | None]) -> torch.Tensor:
             sub_lengths, sub_ids = tokens.select_rows(lengths, ids, rows)

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 
 from ops.blobs import BlobsUnavailable
-from ops.store import StoreUnavailable
+from ops.store import ClaimOutcome, StoreUnavailable
 from workers import runner
 from workers.runtime import Runtime
 
@@ -60,7 +60,7 @@ class Pipeline:
         if isinstance(work, str):
             return work
         (self.writes if work.dead else self.forwards).put(work)
-        return "dead" if work.dead else "run"
+        return (ClaimOutcome.DEAD if work.dead else ClaimOutcome.RUN).value
 
     def stop(self, timeout: float) -> None:
         """Finish what was taken (a warm shutdown keeps its promise), then end both threads."""

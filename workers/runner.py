@@ -87,15 +87,21 @@ def claim(rt: Runtime, job_id: str, seq: int) -> Work | str:
     mb = got.micro_batch
     assert mb is not None
     rt.leases.hold(mb)
-    rows, start = [], 0
-    for item in mb.items:
-        rows.append(list(range(start, start + len(item.texts))))
-        start += len(item.texts)
+    rows = item_rows(mb.items)
     if mb.tokens is not None:
         lengths, ids = tokens.unpack_lengths_and_ids(mb.tokens)
     else:  # stored before token ids were kept: tokenize as then
         lengths, ids = rt.tokenize([t for item in mb.items for t in item.texts])
     return Work(mb, got.outcome == ClaimOutcome.DEAD, rows, lengths, ids)
+
+
+def item_rows(items: Sequence[Item]) -> list[list[int]]:
+    """Each item's rows among the items' texts taken in order."""
+    rows, start = [], 0
+    for item in items:
+        rows.append(list(range(start, start + len(item.texts))))
+        start += len(item.texts)
+    return rows
 
 
 def forward(rt: Runtime, work: Work) -> bool:
