@@ -2,8 +2,8 @@
 
 It answers every forward with random unit vectors of the real model's width at no cost, so a
 benchmark run with it measures everything *around* the model: claiming, decoding, writing
-shards, completing, serving HTTP. It takes the encoder's interface as it is (adapter slots,
-usage counts) so every path of the worker runs unchanged.
+shards, completing, serving HTTP. It takes the encoder's interface as it is (the adapter
+context) so every path of the worker runs unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kernels.layer import BEMContext
 
 
 class NullModel(nn.Module):
@@ -35,8 +37,7 @@ class NullModel(nn.Module):
         """Adapters change nothing here; the worker still installs them as for the encoder."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                adapter_slots: torch.Tensor | None = None, *, normalize: bool = True,
-                usage: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+                bem: BEMContext | None = None, *, normalize: bool = True) -> torch.Tensor:
         out = torch.randn(input_ids.shape[0], self.hidden, dtype=self.anchor.dtype,
                           device=input_ids.device)
         return F.normalize(out, p=2, dim=1)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from kernels import dispatch
+from kernels.layout import RowLayout, to_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,20 +47,50 @@ class SiteAdapter:
 
 @dataclasses.dataclass
 class BEMContext:
-    """Per-forward inputs every BEM site shares.
+    """Per-forward inputs every BEM site shares, built on the host by `plan` so that no site
+    reads anything back from the device.
 
-    seq_slots (S,) long: each sequence's adapter slot, -1 = base only; mask (S, L): 1 = real token;
-    rank_mask (S, R_max) or None: optional dynamic-rank mask per sequence; usage: when given,
-    each site adds its per-slot counts of real tokens by top-1 expert (on the device)."""
+    seq_slots (S,) long: each sequence's adapter slot, -1 = base only; mask (S, L) bool: real
+    tokens; rows_by_slot: each used slot's sequence indices; token_slots (S·L,): each token's
+    slot, -1 for padding and base-only rows; seq_of_token (S·L,): each token's sequence;
+    layout: the fused kernel's row layout; rank_mask (S, R_max) or None: optional dynamic-rank
+    mask per sequence; usage: when given, each site adds its per-slot counts of real tokens by
+    top-1 expert (on the device)."""
 
     seq_slots: torch.Tensor
     mask: torch.Tensor
+    rows_by_slot: dict[int, torch.Tensor]
+    token_slots: torch.Tensor
+    seq_of_token: torch.Tensor
+    layout: RowLayout
     rank_mask: torch.Tensor | None = None
     usage: dict[int, torch.Tensor] | None = None
 
+    @classmethod
+    def plan(cls, seq_slots: list[int], mask: torch.Tensor, device: torch.device, *,
+             rank_mask: torch.Tensor | None = None,
+             usage: dict[int, torch.Tensor] | None = None) -> BEMContext:
+        """The context of one forward from each sequence's slot and the host's (S, L) mask."""
+        if mask.device.type != "cpu":
+            raise ValueError("BEMContext.plan needs the mask on the host")
+        S, L = mask.shape
+        if len(seq_slots) != S:
+            raise ValueError(f"{len(seq_slots)} adapter slots for {S} sequences")
+        slots = torch.tensor(seq_slots, dtype=torch.long)
+        keep = mask.bool()
+        token_slots = torch.where(keep, slots[:, None], -1).reshape(-1).to(torch.int32)
+        rows = {s: to_device(torch.tensor([i for i, v in enumerate(seq_slots) if v == s]), device)
+                for s in sorted(set(seq_slots)) if s >= 0}
+        return cls(
+            seq_slots=to_device(slots, device), mask=to_device(keep, device), rows_by_slot=rows,
+            token_slots=to_device(token_slots, device),
+            seq_of_token=to_device(torch.arange(S, dtype=torch.int32).repeat_interleave(L),
+                                   device),
+            layout=RowLayout(token_slots, device), rank_mask=rank_mask, usage=usage)
+
     @property
     def any_adapter(self) -> bool:
-        return bool((self.seq_slots >= 0).any())
+        return bool(self.rows_by_slot)
 
 
 class BEMLinear(nn.Module):
@@ -115,16 +146,14 @@ class BEMLinear(nn.Module):
             return self.base(x)
         S, L, _ = x.shape
         gates = self.gates(x, ctx)
-        keep = ctx.mask.bool()
-        ids = torch.where(keep, ctx.seq_slots[:, None].expand(S, L), -1)
         film: dict[str, torch.Tensor] = {}
         if self._gamma is not None:
             seq_film = torch.where(ctx.seq_slots >= 0, ctx.seq_slots, len(self.slots))
             film = {"film_gamma": self._gamma[seq_film], "film_beta": self._beta[seq_film],
-                    "seq_ids": torch.arange(S, device=x.device).repeat_interleave(L)}
+                    "seq_ids": ctx.seq_of_token}
         y = dispatch.bem_linear(
             x.reshape(S * L, -1), self.base.weight, self.base.bias, self._A, self._B,
-            ids.reshape(-1), gates.reshape(S * L, -1), 1.0, **film,
+            ctx.token_slots, gates.reshape(S * L, -1), 1.0, layout=ctx.layout, **film,
         )
         return y.view(S, L, -1)
 
@@ -134,11 +163,8 @@ class BEMLinear(nn.Module):
         assert self._A is not None
         S, L, _ = x.shape
         out = torch.zeros((S, L, self._A.shape[1]), dtype=x.dtype, device=x.device)
-        for slot in torch.unique(ctx.seq_slots).tolist():
-            if slot < 0:
-                continue
+        for slot, rows in ctx.rows_by_slot.items():
             site = self.slots[slot]
-            rows = (ctx.seq_slots == slot).nonzero().squeeze(1)
             logits = torch.einsum("sli,ei->sle", x[rows].float(), site.router.float().to(x.device))
             r = site.routing
             g = dispatch.route_chunks(logits, ctx.mask[rows], chunk=r.chunk, tau=r.tau,

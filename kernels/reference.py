@@ -103,10 +103,10 @@ def route_chunks(
             lead = scores.gather(1, best[:, None]) - scores.gather(1, prev.clamp(min=0)[:, None])
             choice = torch.where((prev >= 0) & (lead.squeeze(1) <= tau), prev, best)
             choice = torch.where(evidence[:, c], choice, prev)
-            one_hot = F.one_hot(choice.clamp(min=0), E).float()
+            one_hot = (choice[:, None] == torch.arange(E, device=choice.device)).float()
             chunk_gates[:, c] = torch.where((choice >= 0)[:, None], one_hot, chunk_gates[:, c])
             prev = choice
-    gates = chunk_gates.repeat_interleave(chunk, dim=1)[:, :L]
+    gates = _repeat_last_but_one(chunk_gates, chunk)[:, :L]
     return gates * keep[..., None]
 
 
@@ -121,5 +121,12 @@ def expand_gates(gates: torch.Tensor, rank: int,
                  rank_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-expert gates (…, E) → per-rank-component gates c (…, E·r): each expert's gate
     repeated r times, times an optional dynamic-rank mask (…, E·r) or (E·r,)."""
-    c = gates.repeat_interleave(rank, dim=-1)
+    c = gates[..., None].expand(*gates.shape, rank).reshape(*gates.shape[:-1], -1)
     return c if rank_mask is None else c * rank_mask
+
+
+def _repeat_last_but_one(t: torch.Tensor, times: int) -> torch.Tensor:
+    """(S, n, E) → (S, n·times, E), each of the n rows repeated `times` times: an expand, which
+    (unlike `repeat_interleave`) never reads the device back."""
+    S, n, E = t.shape
+    return t[:, :, None].expand(S, n, times, E).reshape(S, n * times, E)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels.layout import RowLayout
+
 
 @triton.jit
 def _bem_fused_kernel(
@@ -89,25 +91,6 @@ def _bem_fused_kernel(
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=tile_mask)
 
 
-def _blocks(adapter_ids: torch.Tensor, block_m: int,
-            keep_base: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row order sorted by adapter, and per block: first position, row count, adapter id."""
-    ids = adapter_ids.to(torch.int32)
-    order = torch.argsort(ids, stable=True).to(torch.int32)
-    seg_ids, counts = torch.unique_consecutive(ids[order.long()], return_counts=True)
-    seg_start = torch.cumsum(counts, 0) - counts
-    if not keep_base:
-        active = seg_ids >= 0
-        seg_ids, counts, seg_start = seg_ids[active], counts[active], seg_start[active]
-    per_seg = (counts + block_m - 1) // block_m
-    seg_of_block = torch.repeat_interleave(torch.arange(len(per_seg), device=ids.device), per_seg)
-    first_block = torch.cumsum(per_seg, 0) - per_seg
-    j = torch.arange(len(seg_of_block), device=ids.device) - first_block[seg_of_block]
-    starts = seg_start[seg_of_block] + j * block_m
-    lens = torch.clamp(counts[seg_of_block] - j * block_m, max=block_m)
-    return order, starts.to(torch.int32), lens.to(torch.int32), seg_ids[seg_of_block]
-
-
 def bem_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -120,8 +103,11 @@ def bem_linear(
     film_gamma: torch.Tensor | None = None,
     film_beta: torch.Tensor | None = None,
     seq_ids: torch.Tensor | None = None,
+    layout: RowLayout | None = None,
 ) -> torch.Tensor:
-    """Fused form of `kernels.reference.bem_linear` (same semantics and shapes)."""
+    """Fused form of `kernels.reference.bem_linear` (same semantics and shapes). `layout`: the
+    rows' layout worked out on the host (`kernels.layout`); without it the ids are read back
+    here, which waits for the device."""
     if film_gamma is not None and seq_ids is None:
         raise ValueError("FiLM needs seq_ids to pick each row's γ and β")
     x = x.contiguous()
@@ -130,24 +116,29 @@ def bem_linear(
     d_out = y.shape[1]
     rank_total = A.shape[1]
     has_film = film_gamma is not None
-    if T == 0 or (not has_film and not bool((adapter_ids >= 0).any())):
+    if T == 0:
+        return y
+    layout = layout if layout is not None else RowLayout.of(adapter_ids)
+    if not has_film and not layout.any_adapter:
         return y
     A, B, gates = A.contiguous(), B.contiguous(), gates.contiguous()
     block_m = 16 if T <= 256 else 32
-    order, starts, lens, blk_adapter = _blocks(adapter_ids, block_m, keep_base=has_film)
+    table = layout.blocks(block_m, keep_base=has_film)
     block_n = 64
     block_r = max(16, triton.next_power_of_2(rank_total))
-    n_blocks = len(starts)
+    n_blocks = table.count
+    if n_blocks == 0:
+        return y
     target_programs = 264  # two waves on a 132-SM H100; harmless elsewhere
     splits = max(1, min(triton.cdiv(d_out, block_n), triton.cdiv(target_programs, n_blocks)))
     cols_per_split = triton.cdiv(triton.cdiv(d_out, splits), block_n) * block_n
     splits = triton.cdiv(d_out, cols_per_split)
     gamma = film_gamma.contiguous() if has_film else y
     beta = film_beta.contiguous() if film_beta is not None else y
-    seq = seq_ids.to(torch.int32).contiguous() if has_film else order
+    seq = seq_ids.to(torch.int32).contiguous() if has_film else table.order
     _bem_fused_kernel[(n_blocks, splits)](
         x, y, A, B, gates, gamma, beta, seq,
-        order, starts, lens, blk_adapter,
+        table.order, table.starts, table.lens, table.adapters,
         d_in, d_out, rank_total, float(scale), cols_per_split,
         x.stride(0), y.stride(0), A.stride(0), A.stride(1), B.stride(0), B.stride(1),
         gates.stride(0), gamma.stride(0),

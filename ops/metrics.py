@@ -16,6 +16,8 @@ PADDING_EFFICIENCY = Histogram("bem_batch_padding_efficiency",
 INFERENCE_LATENCY = Histogram("bem_inference_latency_seconds", "Model forward time", ["model"])
 OOM_SPLITS = Counter("bem_worker_oom_splits", "Forwards split after running out of memory")
 TOKEN_BUDGET = Gauge("bem_worker_token_budget", "Padded tokens this worker puts in one forward")
+BUSY_RATIO = Gauge("bem_worker_busy_ratio", "Share of the last minute this worker spent inside "
+                   "model forwards")
 MICRO_BATCHES = Counter("bem_micro_batches", "Micro-batch deliveries by outcome", ["outcome"])
 SAFETY_VIOLATIONS = Counter("bem_safety_violations", "Outputs refused as unsafe", ["type"])
 

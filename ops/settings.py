@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     model_class: str = "workers.encoder:BertEncoder"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Weights, activations and adapters: "auto" = bfloat16 on CUDA, float32 on the CPU.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     torch_threads: int = Field(0, ge=0)
     kernels: Literal["auto", "triton", "reference"] = "auto"
     max_batch_tokens: int = Field(8192, ge=16)

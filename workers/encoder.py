@@ -71,19 +71,18 @@ class BertEncoder(nn.Module):
 
     def set_adapters(self, adapters: list[dict[str, SiteAdapter]]) -> None:
         """Install an adapter stack: `adapters[i]` maps "layers.{n}.{site}" to its weights and
-        becomes slot i of `forward`'s `adapter_slots`."""
+        becomes slot i of the stack that `BEMContext` slots refer to."""
         for n, layer in enumerate(self.layers):
             for site in SITES:
                 getattr(layer, site).set_adapters([a[f"layers.{n}.{site}"] for a in adapters])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                adapter_slots: torch.Tensor | None = None, *, normalize: bool = True,
-                usage: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+                bem: BEMContext | None = None, *, normalize: bool = True) -> torch.Tensor:
         """(batch, tokens) ids and 0/1 mask → (batch, hidden) unit-norm sentence embeddings
-        (`normalize=False`: the mean-pooled vectors, whose norms the worker checks).
+        in fp32 (`normalize=False`: the mean-pooled vectors, whose norms the worker checks).
 
-        adapter_slots (batch,): each sequence's slot in the installed stack, -1 = base model;
-        usage: filled with top-1 expert token counts per slot (see `BEMContext`)."""
+        bem: the forward's adapter context (`BEMContext.plan`: each sequence's slot in the
+        installed stack, -1 = base model); None runs the base model alone."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word(input_ids) + self.position(positions) + self.token_type.weight[0]
         x = self.embed_norm(x)
@@ -91,11 +90,12 @@ class BertEncoder(nn.Module):
         # Additive mask: padded keys get -inf-like scores; shape (batch, 1, 1, tokens).
         mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
         mask = mask.masked_fill(~keep, torch.finfo(x.dtype).min)[:, None, None, :]
-        bem = None if adapter_slots is None else BEMContext(adapter_slots, keep, usage=usage)
         for layer in self.layers:
             x = layer(x, mask, bem)
-        weights = keep.unsqueeze(-1).to(x.dtype)
-        pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        # Pooled in fp32 whatever the weights' dtype: a sum over up to 256 bf16 tokens would
+        # lose more than the model's own rounding.
+        weights = keep.unsqueeze(-1).float()
+        pooled = (x.float() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return F.normalize(pooled, p=2, dim=1) if normalize else pooled
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels import dispatch
+from kernels.layer import BEMContext
+from kernels.layout import to_device
 from ops import metrics
 from ops.blobs import Blobs, open_blobs
 from ops.models import ModelFiles, model_files
@@ -28,6 +30,7 @@ from ops.settings import Settings, settings
 from ops.store import Store, open_store
 from schemas import tokens
 from workers.adapters import AdapterCache
+from workers.busy import BusyMeter
 from workers.gate import ForwardGate
 from workers.leases import LeaseKeeper
 
@@ -60,6 +63,8 @@ class Runtime:
         self.token_budget = cfg.max_batch_tokens
         metrics.TOKEN_BUDGET.set(self.token_budget)
         self.gate = ForwardGate(cfg.online_priority_burst)
+        self.busy = BusyMeter()
+        metrics.BUSY_RATIO.set_function(self.busy.ratio)
         # The micro-batch whose forward ended last and is not yet recorded as ended (the next
         # `Store.begin_forward` records it): used by the one thread that runs batch forwards.
         self.last_forward: tuple[str, int] | None = None
@@ -82,6 +87,15 @@ class Runtime:
         return torch.device("cpu")
 
     @functools.cached_property
+    def dtype(self) -> torch.dtype:
+        """The model's dtype (BEMQ_DTYPE): bf16 on CUDA unless set, where tensor cores run it at
+        many times fp32's rate; fp32 on the CPU, where bf16 matmuls are slower, not faster."""
+        wanted = self.settings.dtype
+        if wanted == "auto":
+            return torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        return getattr(torch, wanted)
+
+    @functools.cached_property
     def tokenizer(self):  # type: ignore[no-untyped-def]
         return self.files.tokenizer(truncate=True)
 
@@ -92,15 +106,14 @@ class Runtime:
         dispatch.set_mode(self.settings.kernels)
         module_name, _, class_name = self.settings.model_class.partition(":")
         cls = getattr(importlib.import_module(module_name), class_name)
-        return cls.from_pretrained(self.files.root).to(self.device)
+        return cls.from_pretrained(self.files.root).to(device=self.device, dtype=self.dtype)
 
     @functools.cached_property
     def adapters(self) -> AdapterCache:
-        dtype = next(self.model.parameters()).dtype
-        return AdapterCache(self.store, self.blobs, self.device, dtype,
+        return AdapterCache(self.store, self.blobs, self.device, self.dtype,
                             self.settings.adapter_cache_bytes)
 
-    def _slots(self, adapters: list[str | None]) -> torch.Tensor:
+    def _slots(self, adapters: list[str | None]) -> list[int]:
         """Install the rows' adapters as the model's stack (reused while the set is the same)
         and return each row's slot, -1 for base-model rows. Called under the gate."""
         names = sorted({a for a in adapters if a is not None})
@@ -108,8 +121,7 @@ class Runtime:
             self.model.set_adapters([self.adapters.get(n) for n in names])
             self._installed = names
         index = {n: i for i, n in enumerate(names)}
-        return torch.tensor([-1 if a is None else index[a] for a in adapters],
-                            device=self.device)
+        return [-1 if a is None else index[a] for a in adapters]
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts → (lengths, flat ids), truncated to the model's limit: the form a micro-batch
@@ -155,20 +167,23 @@ class Runtime:
             if 0 < self.settings.simulate_oom_above_tokens < rows * width:
                 raise torch.OutOfMemoryError(f"simulated: {rows}x{width} tokens")
             with self.gate.hold(online):
-                slots = None if names is None else self._slots(names).to(self.device)
                 by_slot: dict[int, torch.Tensor] | None = {} if usage is not None else None
+                bem = None if names is None else BEMContext.plan(
+                    self._slots(names), mask, self.device, usage=by_slot)
                 started = time.perf_counter()
-                out = self.model(ids.to(self.device), mask.to(self.device), slots,
-                                 normalize=False, usage=by_slot)
+                out = self.model(to_device(ids, self.device), to_device(mask, self.device), bem,
+                                 normalize=False)
                 out = out.float().cpu()
+                ended = time.perf_counter()
+                self.busy.add(started, ended)
                 if timings is not None:
-                    timings.append(time.perf_counter() - started)
+                    timings.append(ended - started)
                 for slot, counts in (by_slot or {}).items():
                     name = self._installed[slot]
                     assert usage is not None
                     usage[name] = usage[name] + counts.cpu() if name in usage else counts.cpu()
                 metrics.INFERENCE_LATENCY.labels(self.settings.model_name).observe(
-                    time.perf_counter() - started)
+                    ended - started)
             metrics.BATCH_SIZE.observe(rows)
             metrics.BATCH_TOKENS.observe(rows * width)
             return out

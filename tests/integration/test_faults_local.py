@@ -43,6 +43,7 @@ def test_out_of_memory_splits_and_lowers_the_budget(tmp_path: Path) -> None:
             assert job.request_counts.completed == 300 and job.request_counts.failed == 0
             assert scrape(port, "bem_worker_oom_splits_total") >= 1
             assert scrape(port, "bem_worker_token_budget") <= 300
+            assert 0 < scrape(port, "bem_worker_busy_ratio") <= 1
         finally:
             worker.stop()
 

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from kernels.layer import BEMContext
 from workers.encoder import BertEncoder
 
 POISON_WORD = "poison"
@@ -24,10 +25,10 @@ class PoisonEncoder(BertEncoder):
         return model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                adapter_slots: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
+                bem: BEMContext | None = None, **kw: object) -> torch.Tensor:
         if (input_ids == self.poison_id).any():
             raise RuntimeError("model cannot embed the poison word")
-        return super().forward(input_ids, attention_mask, adapter_slots, **kw)  # type: ignore[arg-type]
+        return super().forward(input_ids, attention_mask, bem, **kw)  # type: ignore[arg-type]
 
 
 class CrashEncoder(BertEncoder):
@@ -43,10 +44,10 @@ class CrashEncoder(BertEncoder):
         return model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                adapter_slots: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
+                bem: BEMContext | None = None, **kw: object) -> torch.Tensor:
         if (input_ids == self.crash_id).any():
             os._exit(70)
-        return super().forward(input_ids, attention_mask, adapter_slots, **kw)  # type: ignore[arg-type]
+        return super().forward(input_ids, attention_mask, bem, **kw)  # type: ignore[arg-type]
 
 
 class SlowEncoder(BertEncoder):
@@ -56,6 +57,6 @@ class SlowEncoder(BertEncoder):
     SECONDS = 3.0
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                adapter_slots: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
+                bem: BEMContext | None = None, **kw: object) -> torch.Tensor:
         time.sleep(self.SECONDS)
-        return super().forward(input_ids, attention_mask, adapter_slots, **kw)  # type: ignore[arg-type]
+        return super().forward(input_ids, attention_mask, bem, **kw)  # type: ignore[arg-type]
