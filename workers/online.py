@@ -74,5 +74,5 @@ class OnlineServer:
                 answers.append({"error": {"code": code, "message": message}})
             else:
                 assert not isinstance(result, str) and result.vectors is not None
-                answers.append(answer(result.vectors.numpy(), sum(item.lengths)))
+                answers.append(answer(result.vectors, sum(item.lengths)))
         return answers

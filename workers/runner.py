@@ -30,7 +30,7 @@ from workers.runtime import Runtime
 log = logging.getLogger(__name__)
 
 Embed = Callable[[list[int], list[str | None]], torch.Tensor]
-Result = tuple[Item, torch.Tensor | str]
+Result = tuple[Item, np.ndarray | str]
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ class Extras:
     """What a forward yields besides the items' vectors: shadow stable vectors by custom_id,
     the paired latency probe (canary seconds, stable seconds), and expert usage by adapter."""
 
-    shadows: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    shadows: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     probe: tuple[float, float] | None = None
     usage: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
@@ -159,10 +159,11 @@ def write(rt: Runtime, work: Work) -> None:
 
 def embed_items(embed: Embed, entries: Sequence[tuple[Item, list[int]]]) -> list[Result]:
     """Embed all items' rows in one call; on a model error, bisect to isolate the culprit.
-    `entries` pairs each item with its rows (what `embed` takes, with one adapter a row)."""
+    `entries` pairs each item with its rows (what `embed` takes, with one adapter a row); each
+    item gets its rows of the result as a numpy view, or the error's text."""
     try:
         vectors = embed([r for _, rows in entries for r in rows],
-                        [item.adapter for item, rows in entries for _ in rows])
+                        [item.adapter for item, rows in entries for _ in rows]).numpy()
     except (SoftTimeLimitExceeded, StoreUnavailable, BlobsUnavailable):
         raise  # not the items' fault: the whole micro-batch is retried
     except Exception as exc:
@@ -213,9 +214,9 @@ def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
     (its items never ran)."""
     cfg = rt.settings
     dead = extras is None
-    served_lines: list[tuple[str, Item, torch.Tensor]] = []
+    served_lines: list[tuple[str, Item, np.ndarray]] = []
     err_lines: list[bytes] = []
-    served: list[torch.Tensor] = []
+    served: list[np.ndarray] = []
     items = [item for item, _ in results]
     checked = outcomes.check([value for _, value in results], cfg)
     outcomes.record(cfg.model_name, items, checked)
@@ -249,14 +250,14 @@ def _error_line(rid: str, item: Item, code: str, message: str) -> bytes:
                          "error": {"code": code, "message": message}})
 
 
-def output_lines(served: Sequence[tuple[str, Item, torch.Tensor]]) -> list[bytes]:
+def output_lines(served: Sequence[tuple[str, Item, np.ndarray]]) -> list[bytes]:
     """OpenAI's embeddings response line for each (request id, item, unit vectors), float32
     values in their shortest exact decimal form: the same bytes as `orjson.dumps` of the
     response dict, but every vector of the micro-batch is formatted in one call and each line
     is put together around its rows (every string in it still goes through orjson)."""
     if not served:
         return []
-    matrix = torch.cat([vectors for _, _, vectors in served]).numpy()
+    matrix = np.concatenate([vectors for _, _, vectors in served])
     rows = orjson.dumps(matrix, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
     lines, start = [], 0
     for rid, item, vectors in served:

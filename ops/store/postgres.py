@@ -8,6 +8,8 @@ retried with backoff up to `retry_seconds` (see `ops.store.core.retried`); past 
 from __future__ import annotations
 
 import contextlib
+import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,6 +21,8 @@ from ops.store.core import TransientStoreError
 
 # Advisory lock key that serialises migrations across hosts (any constant no one else uses).
 SCHEMA_LOCK = 0x62656D71  # "bemq"
+# A pooled connection used this recently goes out again unchecked (see `PostgresStore._check`).
+FRESH_SECONDS = 1.0
 
 
 class _Cursor:
@@ -54,9 +58,20 @@ class PostgresStore(Store):
         self.pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False,
             timeout=min(5.0, max(retry_seconds, 0.5)),
-            kwargs={"connect_timeout": 5}, check=ConnectionPool.check_connection,
+            kwargs={"connect_timeout": 5}, check=self._check,
         )
+        self._used: weakref.WeakKeyDictionary[psycopg.Connection, float] = \
+            weakref.WeakKeyDictionary()
         self.pool.open(wait=False)
+
+    def _check(self, conn: psycopg.Connection) -> None:
+        """Check a connection as it leaves the pool only when it sat idle: a restarted server
+        leaves every idle connection broken, but a check of one used a moment ago would cost a
+        round trip on every call (a worker makes several per micro-batch) to learn nothing.
+        A connection broken within that moment fails its first statement, and `retried`
+        methods run again on a fresh one."""
+        if time.monotonic() - self._used.get(conn, float("-inf")) > FRESH_SECONDS:
+            ConnectionPool.check_connection(conn)
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[Any]:
@@ -64,8 +79,10 @@ class PostgresStore(Store):
         restarted, connection dropped) become `TransientStoreError`, which `retried` methods
         re-run; errors in the SQL itself propagate unchanged."""
         try:
-            with self.pool.connection() as conn, conn.transaction():
-                yield _Cursor(conn.cursor())
+            with self.pool.connection() as conn:
+                with conn.transaction():
+                    yield _Cursor(conn.cursor())
+                self._used[conn] = time.monotonic()  # only a connection that just worked
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise TransientStoreError(str(exc).strip().splitlines()[0]) from exc
 

@@ -3,6 +3,7 @@ bytes orjson gives for each line's response dict (which is what clients parse)."
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import torch
 import torch.nn.functional as F
@@ -11,10 +12,10 @@ from schemas.microbatch import Item
 from workers.runner import output_lines
 
 
-def reference(rid: str, item: Item, vectors: torch.Tensor) -> bytes:
+def reference(rid: str, item: Item, vectors: np.ndarray) -> bytes:
     tokens = sum(item.lengths)
     data = [{"object": "embedding", "index": i, "embedding": v}
-            for i, v in enumerate(vectors.numpy())]
+            for i, v in enumerate(vectors)]
     return orjson.dumps({
         "id": rid, "custom_id": item.custom_id,
         "response": {"status_code": 200, "request_id": rid, "body": {
@@ -31,7 +32,7 @@ def test_lines_match_orjson_of_the_response_dict() -> None:
         rows = 1 + n % 3  # items with one text and with several
         item = Item(line=n, custom_id=custom_id, texts=["t"] * rows, lengths=[5 + n] * rows,
                     model="minilm:support-v1")
-        served.append((f"batch_req_{n}", item, F.normalize(torch.randn(rows, 384), dim=1)))
+        served.append((f"batch_req_{n}", item, F.normalize(torch.randn(rows, 384), dim=1).numpy()))
     assert output_lines(served) == [reference(*s) for s in served]
     assert output_lines([]) == []
     for line in output_lines(served):
