@@ -274,13 +274,16 @@ def migrate(database_url: str | None, check: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="uvicorn processes")
-def serve(host: str, port: int, workers: int) -> None:
+@click.option("--access-log/--no-access-log", default=False, show_default=True,
+              help="a log line per request (bem_requests_total and "
+                   "bem_request_duration_seconds on /metrics count them either way)")
+def serve(host: str, port: int, workers: int, access_log: bool) -> None:
     """Run the HTTP gateway (OpenAI Files, Batches and Embeddings APIs)."""
     import uvicorn
 
     load_settings()  # a bad BEMQ_* value stops here, with its name
     uvicorn.run("producers.http:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level="info")
+                workers=workers, log_level="info", access_log=access_log)
 
 
 @click.group()

@@ -114,7 +114,8 @@ def token_ids(model: ModelFiles, texts: list[str]) -> list[list[int]]:
     tokenizer = model.tokenizer(truncate=False)
     if len(texts) == 1:  # an online request's one text: no batch (thread pool) set-up for it
         return [tokenizer.encode(texts[0], add_special_tokens=True).ids]
-    return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=True)]
+    # The fast variant skips character offsets, which nothing here reads (~15 % faster).
+    return [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=True)]
 
 
 def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:

@@ -126,7 +126,7 @@ class Runtime:
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts → (lengths, flat ids), truncated to the model's limit: the form a micro-batch
         stores its token ids in (`schemas.tokens`)."""
-        return tokens.from_rows([e.ids for e in self.tokenizer.encode_batch(texts)])
+        return tokens.from_rows([e.ids for e in self.tokenizer.encode_batch_fast(texts)])
 
     def embed(self, texts: list[str], adapters: list[str | None] | None = None, *,
               normalize: bool = True, usage: dict[str, torch.Tensor] | None = None,

@@ -38,6 +38,7 @@ from producers.http.errors import (
     error_response,
     validation_error,
 )
+from producers.http.fast_path import EmbeddingsFastPath
 from producers.http.middleware import BodyLimit, RequestMetrics
 from producers.validate import resolve_adapter, token_ids
 from schemas.batch import BatchObject, ExpiresAfter, OpenAIFile
@@ -75,9 +76,6 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
                   description="OpenAI-compatible Files, Batches and Embeddings APIs.")
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_middleware(BodyLimit, default=cfg.http_max_body_bytes,
-                       uploads=cfg.max_file_bytes + 1024 * 1024)
-    app.add_middleware(RequestMetrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -101,25 +99,29 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         return error_response(503, f"{type(exc).__name__}: {exc}", kind="server_error",
                               code="unavailable", headers={"Retry-After": "5"})
 
-    async def caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
-                                                        Depends(bearer)]) -> Caller:
-        if creds is None:
+    async def authenticate(key: str, method: str, endpoint: str) -> Caller:
+        """The caller owning `key`, once its rate limit for this route allows the request."""
+        if not key:
             raise APIError(401, "missing API key: send Authorization: Bearer KEY",
                            code="invalid_api_key")
-        known, found = keys.cached(creds.credentials)
+        known, found = keys.cached(key)
         if not known:
-            found = await asyncio.to_thread(keys.lookup, creds.credentials)
+            found = await asyncio.to_thread(keys.lookup, key)
         if found is None:
             raise APIError(401, "invalid or revoked API key", code="invalid_api_key")
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", request.url.path)
-        wait = await limiter.take_async(f"{found[0]}:{request.method}:{endpoint}")
+        wait = await limiter.take_async(f"{found[0]}:{method}:{endpoint}")
         if wait > 0:
             raise APIError(429, f"rate limit of {cfg.rate_limit_per_second:g}/s for this key "
-                           f"on {request.method} {endpoint}; retry in {wait:.2f}s",
+                           f"on {method} {endpoint}; retry in {wait:.2f}s",
                            kind="rate_limit_error", code="rate_limit_exceeded",
                            headers={"Retry-After": str(max(1, math.ceil(wait)))})
         return Caller(*found)
+
+    async def caller(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None,
+                                                        Depends(bearer)]) -> Caller:
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", request.url.path)
+        return await authenticate(creds.credentials if creds else "", request.method, endpoint)
 
     Auth = Annotated[Caller, Depends(caller)]
 
@@ -212,11 +214,10 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         return client(who).cancel(batch_id).public()
 
     # -- embeddings (online) -----------------------------------------------------------------
-    @app.post("/v1/embeddings", response_model=m.EmbeddingsOut, tags=["embeddings"],
-              responses=documented(400, 401, 404, 413, 429, 503))
-    async def embeddings(who: Auth, body: m.EmbeddingsIn) -> Response:
-        """Async end to end: no thread waits for the worker's answer, and the answer's float32
-        vectors go out through orjson without a second pass through pydantic."""
+    async def embed(who: Caller, body: m.EmbeddingsIn) -> bytes:
+        """The response body of an embeddings call. Async end to end: no thread waits for the
+        worker's answer, and the answer's float32 vectors go out through orjson without a
+        second pass through pydantic."""
         texts = [body.input] if isinstance(body.input, str) else body.input
         where = (lambda i: "input") if isinstance(body.input, str) else (lambda i: f"input[{i}]")
         try:
@@ -255,9 +256,23 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             data = [{"object": "embedding", "index": i, "embedding": v}
                     for i, v in enumerate(vectors)]
         usage = {"prompt_tokens": result["tokens"], "total_tokens": result["tokens"]}
-        return Response(orjson.dumps({"object": "list", "data": data, "model": body.model,
-                                      "usage": usage}, option=orjson.OPT_SERIALIZE_NUMPY),
-                        media_type="application/json")
+        return orjson.dumps({"object": "list", "data": data, "model": body.model,
+                             "usage": usage}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    @app.post("/v1/embeddings", response_model=m.EmbeddingsOut, tags=["embeddings"],
+              responses=documented(400, 401, 404, 413, 429, 503))
+    async def embeddings(who: Auth, body: m.EmbeddingsIn) -> Response:
+        """Well-formed calls are answered by `EmbeddingsFastPath` in front of the app with the
+        same `embed`; this route answers the rest (and documents the API)."""
+        return Response(await embed(who, body), media_type="application/json")
+
+    app.add_middleware(EmbeddingsFastPath, path="/v1/embeddings", authenticate=authenticate,
+                       embed=embed, handlers=app.exception_handlers,
+                       route=next(r for r in app.routes if getattr(r, "path", None)
+                                  == "/v1/embeddings"))
+    app.add_middleware(BodyLimit, default=cfg.http_max_body_bytes,
+                       uploads=cfg.max_file_bytes + 1024 * 1024)
+    app.add_middleware(RequestMetrics)
 
     # -- operations --------------------------------------------------------------------------
     @app.get("/health", response_model=m.Health, tags=["operations"])

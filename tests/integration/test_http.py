@@ -230,6 +230,29 @@ def test_rate_limit_then_success_after_retry_after(deployment: dict) -> None:
     assert httpx.get(url, headers=auth).status_code == 200
 
 
+def test_embeddings_fast_path_answers_as_the_route(deployment: dict) -> None:
+    """Well-formed embeddings calls skip the framework (`EmbeddingsFastPath`): a revoked key,
+    the rate limit and a key-less call still get the route's answers, and the calls are
+    counted under the route's template."""
+    url = deployment["gateway"].url
+    call = {"model": "minilm", "input": "fast path"}
+    revoked = httpx.post(url + "/v1/embeddings", json=call,
+                         headers={"Authorization": f"Bearer {deployment['keys']['revoked']}"})
+    assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "invalid_api_key"
+    keyless = httpx.post(url + "/v1/embeddings", json=call)
+    assert keyless.status_code == 401 and "missing API key" in keyless.json()["error"]["message"]
+    auth = {"Authorization": f"Bearer {deployment['keys']['acme']}"}
+    limited = [httpx.post(deployment["limited"].url + "/v1/embeddings", json=call, headers=auth,
+                          timeout=60) for _ in range(4)]
+    assert [r.status_code for r in limited] == [200, 200, 200, 429], [r.text for r in limited]
+    assert limited[3].json()["error"]["type"] == "rate_limit_error"
+    assert int(limited[3].headers["Retry-After"]) >= 1
+    assert "POST /v1/embeddings" in limited[3].json()["error"]["message"]
+    assert len(limited[0].json()["data"][0]["embedding"]) == 384
+    metrics = httpx.get(url + "/metrics", headers=auth).text
+    assert 'bem_requests_total{endpoint="/v1/embeddings",status="401"}' in metrics
+
+
 def test_oversize_bodies_get_413_and_bad_input_400(deployment: dict) -> None:
     base = deployment["limited"].url
     auth = {"Authorization": f"Bearer {deployment['keys']['acme']}"}

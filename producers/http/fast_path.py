@@ -1,0 +1,91 @@
+"""`POST /v1/embeddings` without the web framework's per-request machinery.
+
+An online embedding is the one call made thousands of times a second, and with the model out of
+the way the framework's routing, dependency solving and wrappers were most of its cost (py-spy on
+the gateway under load). This ASGI middleware answers a well-formed call itself with the same
+two functions the FastAPI route uses (`authenticate`, `embed`) and the app's own exception
+handlers. Anything else (no bearer key, a body that fails validation, another path) goes on to
+the app unchanged, so every error is still defined once, by the route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from producers.http.models import EmbeddingsIn
+
+Authenticate = Callable[[str, str, str], Awaitable[Any]]
+Embed = Callable[[Any, EmbeddingsIn], Awaitable[bytes]]
+
+
+class EmbeddingsFastPath:
+    def __init__(self, app: ASGIApp, *, path: str, route: object, authenticate: Authenticate,
+                 embed: Embed, handlers: Mapping[Any, Callable[..., Any]]) -> None:
+        self.app, self.path, self.route = app, path, route
+        self.authenticate, self.embed, self.handlers = authenticate, embed, handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        body = await _read(receive)
+        token = _bearer(scope)
+        try:
+            parsed = EmbeddingsIn.model_validate_json(body) if token else None
+        except ValidationError:
+            parsed = None
+        if parsed is None:  # the route answers it, with its own error
+            await self.app(scope, _replay(body, receive), send)
+            return
+        scope["route"] = self.route  # what the request metrics label by
+        try:
+            who = await self.authenticate(token, "POST", self.path)
+            payload = await self.embed(who, parsed)
+        except Exception as exc:
+            handler = next((self.handlers[t] for t in type(exc).__mro__ if t in self.handlers),
+                           None)
+            if handler is None:
+                raise
+            response = await handler(Request(scope), exc)
+            await response(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _bearer(scope: Scope) -> str:
+    """The key of an `Authorization: Bearer KEY` header, "" without one."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, key = value.decode("latin-1").partition(" ")
+            return key.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+async def _read(receive: Receive) -> bytes:
+    """The whole body (its size is already bounded by the `BodyLimit` middleware outside)."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = [False]
+
+    async def replayed() -> Message:
+        if sent[0]:
+            return await receive()
+        sent[0] = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
