@@ -44,11 +44,13 @@ from tests.support.deploy import settings_for
 console = Console(stderr=True)
 
 
-def start_gateway(env: dict[str, str], home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(env: dict[str, str], home: Path, processes: int = 1
+                  ) -> tuple[subprocess.Popen[bytes], str]:
     port = services.free_port()
     with (home / "gateway.log").open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "serve", "--port",
-                                 str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 str(port), "--workers", str(processes)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:

@@ -22,7 +22,7 @@ In one run, on loopback only:
   direct model's rows/s on one-sentence inputs in batches of the size the worker formed.
 
 Usage: python bench/overhead.py --json PATH [--items 50000] [--clients 32] [--seconds 15]
-       [--real-items 3000] [--parts submit,worker,online,real]
+       [--real-items 3000] [--parts submit,worker,online,real] [--gateway-processes 1]
 """
 
 from __future__ import annotations
@@ -191,13 +191,13 @@ def wrk_load(url: str, key: str, texts: list[str], clients: int, seconds: float,
     return totals, (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
 
 
-def online(env: dict[str, str], home: Path, clients: int, seconds: float, label: str
-           ) -> tuple[dict[str, float], dict[str, float]]:
+def online(env: dict[str, str], home: Path, clients: int, seconds: float, label: str,
+           processes: int = 1) -> tuple[dict[str, float], dict[str, float]]:
     env = env | {"BEMQ_METRICS_PORT": str(services.free_port())}
     with Client(settings_for(env)) as client:
         _, key = apikeys.create(client.store, "bench")
         texts = sentences(client.model, 2000, seed=11)
-        gateway, url = start_gateway(env, home)
+        gateway, url = start_gateway(env, home, processes)
         worker = LocalWorker(env, home / f"worker-online-{label}.log").start()
         try:
             worker.wait_ready(client.store)
@@ -261,6 +261,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--real-items", type=int, default=3000)
     parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--gateway-processes", type=int, default=1,
+                        help="uvicorn processes of the gateway under load (bemq serve --workers)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
@@ -322,7 +324,7 @@ def main() -> int:
         if "online" in parts:
             results |= timed("online, zero-cost model", lambda: online(
                 base_env(home / "online", **redis_pg), home, args.clients, args.seconds,
-                "null")[0])
+                "null", args.gateway_processes)[0])
         if "real" in parts:
             def real_part() -> dict[str, float]:
                 real = {"BEMQ_MODEL_CLASS": Settings.model_fields["model_class"].default}
