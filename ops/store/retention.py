@@ -30,7 +30,7 @@ class RetentionRecords(Transactional):
             sql += " AND purpose = ?"
             params.append(purpose)
         cmp, direction = ("<", "DESC") if descending else (">", "ASC")
-        if after is not None and not storable(after):
+        if not all(storable(v) for v in (after, purpose) if v is not None):
             return []
         with self.tx() as cur:
             if after is not None:

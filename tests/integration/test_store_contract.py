@@ -272,3 +272,14 @@ def json_blob() -> str:
     """About 8 KB of JSON that does not compress away (so it is stored out of line)."""
     rng = random.Random()
     return "[" + ",".join(str(rng.random()) for _ in range(400)) + "]"
+
+
+def test_a_caller_string_with_nul_names_nothing(store: Store) -> None:
+    """PostgreSQL text cannot hold NUL: an id, page anchor or filter with one finds nothing on
+    both back-ends instead of failing the request."""
+    new_job(store)
+    assert store.get_job("batch\x001", "t") is None
+    assert store.get_file("file\x00", "t") is None
+    assert store.list_jobs("t", after="batch\x00") == []
+    assert store.list_files("t", purpose="batch\x00") == []
+    assert store.list_files("t", after="file\x00") == []
