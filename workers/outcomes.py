@@ -37,9 +37,10 @@ def check(values: Sequence[np.ndarray | str], cfg: Settings) -> list[Checked | s
         return list(values)
     rows = np.concatenate(pooled)
     finite = np.isfinite(rows).all(axis=1)
-    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
-    in_bounds = (norms >= cfg.safety_norm_min) & (norms <= cfg.safety_norm_max)
-    unit = (rows / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # refused rows below; not a warning
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+        in_bounds = (norms >= cfg.safety_norm_min) & (norms <= cfg.safety_norm_max)
+        unit = (rows / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
     ends = np.cumsum([v.shape[0] for v in pooled]).tolist()
     if finite.all() and in_bounds.all():  # the usual case: nothing to tell apart
         parts = iter(np.split(unit, ends[:-1]))
