@@ -9,7 +9,6 @@ from collections.abc import Callable
 import torch
 
 from kernels import reference
-from kernels.layout import RowLayout
 
 MODES = ("auto", "triton", "reference")
 _mode = "auto"
@@ -38,14 +37,9 @@ def bem_linear_impl(x: torch.Tensor) -> Callable[..., torch.Tensor]:
     return reference.bem_linear
 
 
-def bem_linear(x: torch.Tensor, *args: object, layout: RowLayout | None = None,
-               **kwargs: object) -> torch.Tensor:
-    """`kernels.reference.bem_linear` semantics, on the fastest implementation for `x`; the
-    fused kernel also takes the forward's host-side row layout (the reference needs none)."""
-    impl = bem_linear_impl(x)
-    if impl is reference.bem_linear:
-        return impl(x, *args, **kwargs)
-    return impl(x, *args, layout=layout, **kwargs)
+def bem_linear(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    """`kernels.reference.bem_linear` semantics, on the fastest implementation for `x`."""
+    return bem_linear_impl(x)(x, *args, **kwargs)
 
 
 route_chunks = reference.route_chunks

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.layout import RowLayout
+
 
 def bem_linear(
     x: torch.Tensor,
@@ -24,12 +26,15 @@ def bem_linear(
     film_gamma: torch.Tensor | None = None,
     film_beta: torch.Tensor | None = None,
     seq_ids: torch.Tensor | None = None,
+    layout: RowLayout | None = None,
 ) -> torch.Tensor:
     """y = x Wᵀ + b + s · ((x A[id]ᵀ) ⊙ c) B[id]ᵀ, then y ← γ[seq] ⊙ y + β[seq] if FiLM is given.
 
     x (T, d_in); weight (d_out, d_in); bias (d_out,) or None; A (n, R, d_in); B (n, d_out, R);
     adapter_ids (T,) int in [-1, n), -1 = base only; gates (T, R); scale s = α / r;
-    film_gamma, film_beta (S, d_out); seq_ids (T,) int in [0, S), needed with FiLM.
+    film_gamma, film_beta (S, d_out); seq_ids (T,) int in [0, S), needed with FiLM;
+    layout: the rows' host-side layout (`kernels.layout`), which fast kernels use to launch
+    without reading the ids back; the reference has no use for it.
     """
     y = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
     ids = adapter_ids.long()

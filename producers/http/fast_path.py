@@ -15,8 +15,9 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from producers.http.middleware import read_body, replay
 from producers.http.models import EmbeddingsIn
 
 Authenticate = Callable[[str, str, str], Awaitable[Any]]
@@ -33,14 +34,15 @@ class EmbeddingsFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
-        body = await _read(receive)
+        body = await read_body(receive)  # its size is bounded by `BodyLimit` outside
+        assert body is not None
         token = _bearer(scope)
         try:
             parsed = EmbeddingsIn.model_validate_json(body) if token else None
         except ValidationError:
             parsed = None
         if parsed is None:  # the route answers it, with its own error
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
         scope["route"] = self.route  # what the request metrics label by
         try:
@@ -67,25 +69,3 @@ def _bearer(scope: Scope) -> str:
             scheme, _, key = value.decode("latin-1").partition(" ")
             return key.strip() if scheme.lower() == "bearer" else ""
     return ""
-
-
-async def _read(receive: Receive) -> bytes:
-    """The whole body (its size is already bounded by the `BodyLimit` middleware outside)."""
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = [False]
-
-    async def replayed() -> Message:
-        if sent[0]:
-            return await receive()
-        sent[0] = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replayed

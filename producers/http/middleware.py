@@ -35,30 +35,41 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         # No declared length: read it all (up to the limit) before the app sees any of it.
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            body = message.get("body", b"")
-            size += len(body)
-            if size > limit:
-                await self._too_large(scope, receive, send, limit)
-                return
-            chunks.append(body)
-            if not message.get("more_body"):
-                break
-        replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks),
-                                  "more_body": False}]
-
-        async def replayed() -> Message:
-            return replay.pop() if replay else await receive()
-
-        await self.app(scope, replayed, send)
+        body = await read_body(receive, limit)
+        if body is None:
+            await self._too_large(scope, receive, send, limit)
+            return
+        await self.app(scope, replay(body, receive), send)
 
     @staticmethod
     async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = error_response(413, f"request body is larger than {limit} bytes",
                                   code="request_too_large")
         await response(scope, receive, send)
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
+    """A request's whole body; None once it passes `limit` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        body = message.get("body", b"")
+        size += len(body)
+        if limit is not None and size > limit:
+            return None
+        chunks.append(body)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app a body already read, then whatever follows."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 class RequestMetrics:

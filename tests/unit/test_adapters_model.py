@@ -12,6 +12,7 @@ from kernels.layer import Routing
 from ops.blobs import open_blobs
 from ops.settings import Settings
 from ops.store import open_store
+from tests.support.adapters import install
 from workers.adapters import AdapterCache, make_adapter, parse
 from workers.runtime import Runtime
 
@@ -22,13 +23,6 @@ TEXTS = ["a short one", "a somewhat longer sentence about adapters and routing",
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
     return Runtime(Settings(home=tmp_path_factory.mktemp("var"), device="cpu"))
-
-
-def install(rt: Runtime, **adapters: bytes) -> None:
-    """Install adapters straight into the runtime's cache (no registry needed here)."""
-    for name, data in adapters.items():
-        rt.adapters._cache[name] = parse(data, rt.device, torch.float32)
-    rt._installed = []
 
 
 def test_zero_b_adapter_leaves_the_encoder_unchanged(rt: Runtime) -> None:

@@ -69,14 +69,15 @@ def test_bfloat16_stays_within_cosine_0999_of_float32(runtime: Runtime,
                                                       ) -> None:
     """BEMQ_DTYPE=bfloat16 (the default on CUDA; it runs on the CPU too): every real-text
     embedding, base rows and adapter rows alike, within cosine 0.999 of fp32's."""
-    from workers.adapters import make_adapter, parse
+    from tests.support.adapters import install
+    from workers.adapters import make_adapter
 
     bf16 = Runtime(Settings(home=tmp_path_factory.mktemp("bf16"), device="cpu",
                             dtype="bfloat16"))
     assert bf16.dtype == torch.bfloat16 and bf16.model.word.weight.dtype == torch.bfloat16
     data = make_adapter(runtime.files, seed=3, experts=2, rank=4, b_std=0.05, film=True)
     for rt in (runtime, bf16):
-        rt.adapters._cache["a"] = parse(data, rt.device, rt.dtype)
+        install(rt, a=data)
     texts = REAL_TEXT + TEXTS
     for adapters in (None, ["a" if i % 2 else None for i in range(len(texts))]):
         ref = runtime.embed(texts, adapters)

@@ -15,7 +15,8 @@ from torch.overrides import TorchFunctionMode
 
 from kernels import dispatch
 from ops.settings import Settings
-from workers.adapters import make_adapter, parse
+from tests.support.adapters import install
+from workers.adapters import make_adapter
 from workers.runtime import Runtime
 
 TEXTS = ["a short one", "a somewhat longer sentence about adapters and routing",
@@ -27,13 +28,20 @@ READS_BACK = {
     torch.Tensor.__float__, torch.Tensor.nonzero, torch.nonzero, torch.unique,
     torch.Tensor.unique, torch.unique_consecutive, torch.Tensor.unique_consecutive,
     torch.repeat_interleave, torch.Tensor.repeat_interleave, torch.masked_select,
-    torch.Tensor.masked_select, torch.Tensor.numpy,
+    torch.Tensor.masked_select, torch.Tensor.numpy, torch.Tensor.cpu,
 }
 
 
 # Code that runs on host tensors only: Triton's interpreter (it stands in for the GPU here and
-# copies tensors by design) and the row layout (its constructor refuses device tensors).
-HOST_ONLY = ("/triton/", "/kernels/layout.py")
+# copies tensors by design), and the row layout's construction and launch tables (its
+# constructor refuses device tensors). `RowLayout.of`, which reads device ids back, is not.
+HOST_ONLY_FUNCTIONS = {("kernels/layout.py", "__init__"), ("kernels/layout.py", "block_table")}
+
+
+def host_only(frame: traceback.FrameSummary) -> bool:
+    return "/triton/" in frame.filename or any(
+        frame.filename.endswith(path) and frame.name == name
+        for path, name in HOST_ONLY_FUNCTIONS)
 
 
 class ReadBackSpy(TorchFunctionMode):
@@ -46,7 +54,7 @@ class ReadBackSpy(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if func in READS_BACK:
             stack = traceback.extract_stack()[:-1]
-            if not any(part in f.filename for f in stack for part in HOST_ONLY):
+            if not any(host_only(f) for f in stack):
                 caller = next(f for f in reversed(stack) if "/torch/" not in f.filename)
                 self.seen.append(f"{func.__name__} at {caller.filename}:{caller.lineno}")
         return func(*args, **(kwargs or {}))
@@ -61,14 +69,16 @@ def triton_kernels() -> Iterator[None]:
         dispatch.set_mode("auto")
 
 
+def with_adapters(rt: Runtime) -> Runtime:
+    """Adapter "a", and "b" with FiLM and another shape; rows of both and the base mix below."""
+    install(rt, a=make_adapter(rt.files, seed=1, b_std=0.05),
+            b=make_adapter(rt.files, seed=2, experts=2, rank=4, b_std=0.05, film=True))
+    return rt
+
+
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
-    rt = Runtime(Settings(home=tmp_path_factory.mktemp("var"), device="cpu"))
-    for name, data in {"a": make_adapter(rt.files, seed=1, b_std=0.05),
-                       "b": make_adapter(rt.files, seed=2, experts=2, rank=4, b_std=0.05,
-                                         film=True)}.items():
-        rt.adapters._cache[name] = parse(data, rt.device, rt.dtype)
-    return rt
+    return with_adapters(Runtime(Settings(home=tmp_path_factory.mktemp("var"), device="cpu")))
 
 
 @pytest.mark.timeout(300)
@@ -106,10 +116,7 @@ def test_the_spy_sees_a_read_back() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.timeout(300)
 def test_an_adapter_forward_never_synchronizes_on_cuda(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    rt = Runtime(Settings(home=tmp_path, device="cuda"))
-    for name, data in {"a": make_adapter(rt.files, seed=1, b_std=0.05),
-                       "b": make_adapter(rt.files, seed=2, film=True, b_std=0.05)}.items():
-        rt.adapters._cache[name] = parse(data, rt.device, rt.dtype)
+    rt = with_adapters(Runtime(Settings(home=tmp_path, device="cuda")))
     lengths, ids = rt.tokenize(TEXTS)
     names: list[str | None] = ["a", None, "b", "a"]
     rt.embed_tokens(lengths, ids, names)  # compile the kernels and install the stack first
