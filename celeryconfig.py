@@ -25,7 +25,7 @@ from schemas.constants import (
     QUEUE_ONLINE,
     QUEUE_OPS,
     SCHEDULED_TASKS,
-    TASK_RUN_MICRO_BATCH,
+    TASK_RUN_NEXT,
 )
 
 
@@ -48,7 +48,7 @@ def build(s: Settings) -> dict[str, Any]:
         "task_queues": (Queue(QUEUE_GPU), Queue(QUEUE_ONLINE), Queue(QUEUE_OPS)),
         "task_default_queue": QUEUE_GPU,
         # GPU workers consume gpu/online only; every scheduled task goes to ops.
-        "task_routes": {TASK_RUN_MICRO_BATCH: {"queue": QUEUE_GPU},
+        "task_routes": {TASK_RUN_NEXT: {"queue": QUEUE_GPU},
                         **{name: {"queue": QUEUE_OPS} for name in OPS_TASKS}},
         # Flower and `celery events` need task events from workers.
         "worker_send_task_events": True,

@@ -1,11 +1,12 @@
 """Gauges read at scrape time from the shared state, exported by the ops worker (one exporter,
-so there are no duplicate series): jobs by status and live workers from the store, queue depth
-from the broker. GPU memory is exported by each GPU worker for its own device."""
+so there are no duplicate series): jobs by status, live workers and each tenant's queue from the
+store, queue depth from the broker. GPU memory is exported by each GPU worker for its own device."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import redis
@@ -14,11 +15,13 @@ from prometheus_client.registry import Collector
 
 from ops.online import KEY_QUEUE
 from ops.settings import Settings
-from ops.store import Store
+from ops.store import Store, TenantQueue
 from schemas.batch import JobStatus
 from schemas.constants import QUEUE_GPU, QUEUE_ONLINE, QUEUE_OPS
 
 log = logging.getLogger(__name__)
+
+OTHER_TENANTS = "_other"  # the label of the tenants past BEMQ_METRICS_MAX_TENANTS
 
 
 class StateCollector(Collector):
@@ -40,6 +43,8 @@ class StateCollector(Collector):
             for queue in (QUEUE_GPU, QUEUE_ONLINE, QUEUE_OPS):
                 alive.add_metric([queue], sum(queue in w["queues"].split(",") for w in live))
             yield alive
+            yield from tenant_gauges(self.store.tenant_queues(), self.cfg.metrics_max_tenants,
+                                     time.time())
         except Exception as exc:  # a scrape must not fail because the store is restarting
             log.warning("store metrics unavailable: %s", exc)
         depth = GaugeMetricFamily("bem_queue_depth", "Messages waiting in the broker, by queue",
@@ -66,6 +71,26 @@ class StateCollector(Collector):
                          for name in (q, *(f"{q}\x06\x16{p}" for p in (3, 6, 9))))
         out[QUEUE_ONLINE] = int(self.redis.llen(cfg.redis_prefix + KEY_QUEUE))
         return out
+
+
+def tenant_gauges(queues: Sequence[TenantQueue], limit: int,
+                  now: float) -> Iterator[GaugeMetricFamily]:
+    """Queued texts and the oldest queued micro-batch's age per tenant. Labels stay bounded:
+    the `limit` tenants with the most queued, the rest summed under tenant="_other"."""
+    items = GaugeMetricFamily("bem_tenant_queued_items", "Texts waiting in queued "
+                              "micro-batches, by tenant", labels=["tenant"])
+    age = GaugeMetricFamily("bem_tenant_oldest_queued_seconds", "Age of the tenant's oldest "
+                            "queued micro-batch (0: none queued)", labels=["tenant"])
+    shown, rest = queues[:limit], queues[limit:]
+    for q in shown:
+        items.add_metric([q.tenant], q.queued_items)
+        age.add_metric([q.tenant], now - q.oldest_queued_at if q.oldest_queued_at else 0.0)
+    if rest:
+        items.add_metric([OTHER_TENANTS], sum(q.queued_items for q in rest))
+        oldest = min((q.oldest_queued_at for q in rest if q.oldest_queued_at), default=None)
+        age.add_metric([OTHER_TENANTS], now - oldest if oldest else 0.0)
+    yield items
+    yield age
 
 
 class GpuMemoryCollector(Collector):

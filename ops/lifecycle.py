@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ops import metrics
 from ops.blobs import BlobNotFound, Blobs
 from ops.keys import error_file_id, file_key, job_shards, output_file_id, shard_key
-from ops.store import Store
+from ops.store import Store, Window
 from schemas.batch import FileObject, Job, JobStatus
 
 log = logging.getLogger(__name__)
@@ -95,25 +95,28 @@ def _concat(blobs: Blobs, job_id: str, kind: str, seqs: Sequence[int]) -> Iterat
         yield data if data.endswith(b"\n") else data + b"\n"
 
 
-def reconcile(store: Store, blobs: Blobs, send: Callable[[Sequence[tuple[str, int]]], None],
-              requeue_after: float, dead_after: float) -> dict[str, int]:
+def reconcile(store: Store, blobs: Blobs, send: Callable[[Sequence[str]], None],
+              requeue_after: float, dead_after: float, window: Window) -> dict[str, int]:
     """One pass of `jobs.reconcile`: expire jobs past their window, end the leases of dead
-    workers, re-send micro-batches whose message may be lost (queued too long, or lease ended),
-    and finish jobs left unfinalised (a worker died between its last completion and the output
-    files)."""
+    workers and put their micro-batches back in the queue, forget dispatch messages the broker
+    lost and refill the window, and finish jobs left unfinalised (a worker died between its
+    last completion and the output files)."""
     expired = sum(store.expire(job_id) for job_id in store.overdue_jobs(time.time()))
     ended = store.end_dead_leases(dead_after)
     if ended:
         log.info("ended %d lease(s) held by workers silent for %.0fs", ended, dead_after)
-    stale = store.stale_micro_batches(requeue_after)
-    if stale:
-        send(stale)
-        store.mark_enqueued(stale)
+    requeued = store.requeue_lapsed()
+    lost = store.drop_lost_tokens(requeue_after)
+    if lost:
+        log.info("%d dispatch message(s) unused for %.0fs presumed lost", lost, requeue_after)
+    tokens = store.top_up(window)
+    if tokens:
+        send(tokens)
     finalized = 0
     for job_id in store.finishable_jobs(ACTIVE):
         if finalize(store, blobs, job_id) is not None:
             finalized += 1
     shards = sum(clear_shards(store, blobs, job_id)
                  for job_id in store.jobs_with_shards(SHARD_SWEEP))
-    return {"requeued": len(stale), "expired": expired, "finalized": finalized,
-            "shards_removed": shards}
+    return {"requeued": requeued, "expired": expired, "lost_messages": lost,
+            "sent": len(tokens), "finalized": finalized, "shards_removed": shards}

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ops.store.dispatch import Window
 from schemas.constants import SCHEDULED
 
 
@@ -49,6 +50,8 @@ class Settings(BaseSettings):
     # (0 = off), so OOM handling can be exercised on a CPU.
     simulate_oom_above_tokens: int = Field(0, ge=0)
     metrics_port: int = Field(0, ge=0, le=65535)
+    # Tenants given their own series in the per-tenant queue gauges (the rest are summed).
+    metrics_max_tenants: int = Field(20, ge=1)
 
     # Delivery: the store keeps a lease and a delivery count per micro-batch.
     lease_seconds: float = Field(300.0, gt=0)
@@ -57,6 +60,12 @@ class Settings(BaseSettings):
     # waiting for the forward; embedded, waiting to be written): enough to keep the device busy,
     # few enough that a worker holds only leases it will soon run.
     pipeline_depth: int = Field(2, ge=1)
+    # Which micro-batch runs next (`ops.fairshare`): "share" = by tenant weight, then a tenant's
+    # job priority, then its jobs in turn; "arrival" = first in, first out.
+    dispatch_order: Literal["share", "arrival"] = "share"
+    # Dispatch messages the broker holds per live GPU worker: each worker holds at most one at a
+    # time (prefetch 1), so 2 leave one waiting for it whenever it asks.
+    dispatch_window: int = Field(2, ge=1)
     requeue_after_seconds: float = Field(120.0, gt=0)
     visibility_timeout: int = Field(3600, ge=1)
     task_soft_time_limit: int = Field(600, ge=1)
@@ -225,6 +234,11 @@ class Settings(BaseSettings):
     def dead_after(self) -> float:
         """Seconds without a heartbeat after which a worker counts as dead."""
         return self.dead_after_heartbeats * self.heartbeat_seconds
+
+    @property
+    def window(self) -> Window:
+        """How many dispatch messages the broker holds (see `ops.store.dispatch`)."""
+        return Window(self.dispatch_window, self.dead_after)
 
     @property
     def worker_schedule_entries(self) -> tuple[str, ...]:

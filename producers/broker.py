@@ -1,5 +1,6 @@
-"""Sending micro-batch messages. Producers only send; they never import the worker code, so the
-Celery app here is configured from the same `celeryconfig.build` but registers no tasks."""
+"""Sending dispatch messages (see `ops.store.dispatch`). Producers only send; they never import
+the worker code, so the Celery app here is configured from the same `celeryconfig.build` but
+registers no tasks."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from collections.abc import Sequence
 from celery import Celery
 
 from ops.settings import Settings
-from schemas.constants import QUEUE_GPU, TASK_RUN_MICRO_BATCH
+from schemas.constants import QUEUE_GPU, TASK_RUN_NEXT
 
 
 class BrokerUnavailable(RuntimeError):
-    """The broker refused or timed out; the work is safe in the store and reconcile resends it."""
+    """The broker refused or timed out; the work is safe in the store, and reconcile refills
+    the window of dispatch messages."""
 
 
 @functools.cache
@@ -25,12 +27,13 @@ def producer_app(cfg: Settings) -> Celery:
     return app
 
 
-def send_micro_batches(cfg: Settings, pairs: Sequence[tuple[str, int]]) -> None:
+def send_dispatch(cfg: Settings, tokens: Sequence[str]) -> None:
+    """Send the window's new dispatch messages (`Store.top_up`)."""
     app = producer_app(cfg)
     try:
         with app.producer_or_acquire() as producer:
-            for job_id, seq in pairs:
-                app.send_task(TASK_RUN_MICRO_BATCH, args=[job_id, seq], queue=QUEUE_GPU,
+            for token in tokens:
+                app.send_task(TASK_RUN_NEXT, args=[token], queue=QUEUE_GPU,
                               producer=producer, retry=True,
                               retry_policy={"max_retries": 3, "interval_start": 0.2,
                                             "interval_step": 0.5, "interval_max": 2})

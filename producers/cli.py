@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from producers.cli_ops import COMMANDS, client_for
+from producers.cli_tenants import tenants
 from producers.client import Client, InvalidBatch
 
 
@@ -68,10 +69,14 @@ def worker(queues: str, devices: str, concurrency: int, beat: bool, loglevel: st
 @click.option("--output-expires-after", type=click.IntRange(min=1), default=None,
               help="seconds the output and error files live once written "
                    "(default: BEMQ_RETAIN_OUTPUT_FILES)")
+@click.option("--priority", type=click.IntRange(-100, 100), default=None,
+              help="order among this tenant's own jobs, higher first (default 0; "
+                   "sets metadata priority)")
 @click.option("--wait", "wait_", is_flag=True, help="wait with a progress bar")
 @click.pass_context
 def submit(ctx: click.Context, path: str, metadata: tuple[str, ...], completion_window: str,
-           expires_after: int | None, output_expires_after: int | None, wait_: bool) -> None:
+           expires_after: int | None, output_expires_after: int | None,
+           priority: int | None, wait_: bool) -> None:
     """Submit a JSONL batch file (OpenAI batch line format); prints the job id."""
     meta = {}
     for pair in metadata:
@@ -82,7 +87,7 @@ def submit(ctx: click.Context, path: str, metadata: tuple[str, ...], completion_
     with client_for(ctx) as client:
         job = client.submit_job(path, metadata=meta or None, completion_window=completion_window,
                                 expires_after=expires_after,
-                                output_expires_after=output_expires_after)
+                                output_expires_after=output_expires_after, priority=priority)
         click.echo(job.id)
         if wait_:
             _wait(client, job.id, None)
@@ -160,15 +165,17 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 @cli.command()
 @click.option("--limit", default=20, show_default=True)
 @click.option("--after", default=None, help="job id to page after")
+@click.option("--all-tenants", is_flag=True, help="every tenant's jobs, with tenant and priority")
 @click.pass_context
-def jobs(ctx: click.Context, limit: int, after: str | None) -> None:
+def jobs(ctx: click.Context, limit: int, after: str | None, all_tenants: bool) -> None:
     """List recent jobs, newest first."""
     from rich.console import Console
 
     from producers.progress import jobs_table
 
     with client_for(ctx) as client:
-        Console().print(jobs_table(client.list(limit=limit, after=after)))
+        found = client.list(limit=limit, after=after, all_tenants=all_tenants)
+    Console().print(jobs_table(found, tenants=all_tenants))
 
 
 @cli.group()
@@ -214,7 +221,7 @@ def demo(items: int, home: str) -> None:
     sys.exit(run_demo(items=items, home=home))
 
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, tenants):
     cli.add_command(_command)
 
 

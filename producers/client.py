@@ -23,12 +23,12 @@ from ops.lifecycle import finalize
 from ops.models import model_files
 from ops.settings import Settings, load_settings
 from ops.store import open_store
-from producers.broker import BrokerUnavailable, send_micro_batches
+from producers.broker import BrokerUnavailable, send_dispatch
 from producers.packing import pack
 from producers.routing import route
 from producers.validate import gc_paused, validate_jsonl
 from schemas.adapters import AdapterRecord
-from schemas.batch import BatchErrors, FileObject, Job, JobStatus
+from schemas.batch import BatchErrors, FileObject, Job, JobStatus, job_priority
 from schemas.constants import COMPLETION_WINDOWS, ENDPOINT_EMBEDDINGS
 from schemas.microbatch import MicroBatch, MicroBatchState
 from schemas.tokens import pack_ids
@@ -154,12 +154,13 @@ class Client:
     def submit_job(self, items: ItemsLike, *, model: str | None = None,
                    metadata: dict[str, str] | None = None, completion_window: str = "24h",
                    expires_after: int | None = None,
-                   output_expires_after: int | None = None) -> Job:
+                   output_expires_after: int | None = None, priority: int | None = None) -> Job:
         """Submit a JSONL path, raw JSONL bytes, or a list of texts / request dicts; the
         uploaded input file lives `expires_after` seconds (see `upload_file`).
 
         Raises `InvalidBatch` (carrying the failed job) when validation finds errors."""
         data, filename = self._input_bytes(items, model or self.settings.model_name)
+        metadata = _with_priority(metadata, priority)  # a bad one fails before the upload
         upload = self.upload_file(data, filename, expires_after=expires_after)
         return self.create_batch(upload.id, metadata=metadata,
                                  completion_window=completion_window,
@@ -168,14 +169,19 @@ class Client:
     def create_batch(self, input_file_id: str, *, endpoint: str = ENDPOINT_EMBEDDINGS,
                      completion_window: str = "24h",
                      metadata: dict[str, str] | None = None,
-                     output_expires_after: int | None = None) -> Job:
+                     output_expires_after: int | None = None,
+                     priority: int | None = None) -> Job:
         """Validate the input file and enqueue its items. The job's output and error files
         expire `output_expires_after` seconds after they are written (default:
-        BEMQ_RETAIN_OUTPUT_FILES; 0 there keeps them until deleted)."""
+        BEMQ_RETAIN_OUTPUT_FILES; 0 there keeps them until deleted). `priority` (or
+        `metadata["priority"]`, -100 to 100, default 0) orders this tenant's own jobs: higher
+        first; it never takes work from another tenant's share."""
         if endpoint != ENDPOINT_EMBEDDINGS:
             raise ValueError(f"endpoint: only {ENDPOINT_EMBEDDINGS} is served, got {endpoint!r}")
         if completion_window not in COMPLETION_WINDOWS:
             raise ValueError(f"completion_window: expected one of {sorted(COMPLETION_WINDOWS)}")
+        metadata = _with_priority(metadata, priority)
+        rank = job_priority(metadata)
         keep = _lifetime("output_expires_after", output_expires_after,
                          self.settings.retain_output_files)
         _, input_key = self._file(input_file_id)
@@ -184,7 +190,7 @@ class Client:
                   input_file_id=input_file_id, completion_window=completion_window,
                   expires_at=now + COMPLETION_WINDOWS[completion_window],
                   metadata=metadata, tenant=self.tenant, model=self.settings.model_name,
-                  output_expires_after=keep)
+                  output_expires_after=keep, priority=rank)
         self.store.create_job(job)
 
         cfg = self.settings
@@ -208,9 +214,9 @@ class Client:
                        for seq, g in enumerate(groups)]
             self.store.start_job(job.id, batches, total=len(check.items))
         try:
-            send_micro_batches(self.settings, [(job.id, mb.seq) for mb in batches])
+            send_dispatch(self.settings, self.store.top_up(cfg.window))
         except BrokerUnavailable as exc:
-            log.warning("%s; job %s is stored and will be re-sent by jobs.reconcile", exc, job.id)
+            log.warning("%s; job %s is stored, and jobs.reconcile dispatches it", exc, job.id)
         return self.status(job.id)
 
     def status(self, job_id: str) -> Job:
@@ -219,8 +225,12 @@ class Client:
             raise NotFound(f"no job {job_id!r}")
         return job
 
-    def list(self, limit: int = 20, after: str | None = None) -> list[Job]:
-        return self.store.list_jobs(self.tenant, after=after, limit=limit)
+    def list(self, limit: int = 20, after: str | None = None, *,
+             all_tenants: bool = False) -> list[Job]:
+        """This tenant's jobs, newest first (an operator's view of every tenant's with
+        `all_tenants`)."""
+        return self.store.list_jobs(None if all_tenants else self.tenant, after=after,
+                                    limit=limit)
 
     def wait(self, job_id: str, *, timeout: float | None = None,
              on_progress: Callable[[Job], None] | None = None) -> Job:
@@ -283,6 +293,14 @@ class Client:
                          "body": {"model": entry.get("model", model), "input": entry.get("input")}}
             lines.append(json.dumps(entry))
         return ("\n".join(lines) + "\n").encode(), "items.jsonl"
+
+
+def _with_priority(metadata: dict[str, str] | None, priority: int | None) -> dict[str, str] | None:
+    """The job's metadata carrying `priority` (checked), which wins over one already in it."""
+    if priority is not None:
+        metadata = {**(metadata or {}), "priority": str(priority)}
+    job_priority(metadata)
+    return metadata
 
 
 def _lifetime(field: str, seconds: int | None, default: int) -> int | None:

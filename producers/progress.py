@@ -60,13 +60,18 @@ def job_table(job: Job) -> Table:
     return table
 
 
-def jobs_table(jobs: list[Job]) -> Table:
+def jobs_table(jobs: list[Job], *, tenants: bool = False) -> Table:
+    """Jobs as rows; `tenants` adds each job's tenant and priority (an operator's view)."""
     table = Table("status", "completed", "failed", "total", "created (UTC)")
+    if tenants:
+        table.add_column("tenant")
+        table.add_column("priority", justify="right")
     table.add_column("id", no_wrap=True, min_width=38)
     for job in jobs:
         c = job.request_counts
+        who = [job.tenant, str(job.priority)] if tenants else []
         table.add_row(job.status.value, str(c.completed), str(c.failed), str(c.total),
-                      when(job.created_at), job.id)
+                      when(job.created_at), *who, job.id)
     return table
 
 

@@ -132,11 +132,32 @@ class Job(BatchObject):
 
     tenant: str = "default"
     output_expires_after: int | None = None
+    priority: int = 0  # among its tenant's jobs (`job_priority`)
     micro_batches: int = 0
     dead_micro_batches: int = 0
 
     def public(self) -> BatchObject:
         return BatchObject.model_validate(self.model_dump(include=set(BatchObject.model_fields)))
+
+
+PRIORITY_LIMIT = 100
+
+
+def job_priority(metadata: dict[str, str] | None) -> int:
+    """A job's priority among its tenant's own jobs (higher goes first; default 0), read from
+    `metadata.priority` so that it travels through OpenAI's batch API unchanged. It never moves
+    a job ahead of another tenant's work: shares between tenants come from their weights."""
+    raw = (metadata or {}).get("priority")
+    if raw is None:
+        return 0
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or abs(value) > PRIORITY_LIMIT:
+        raise ValueError(f"metadata.priority: expected an integer from -{PRIORITY_LIMIT} to "
+                         f"{PRIORITY_LIMIT}, got {raw!r}")
+    return value
 
 
 class ResponseBody(BaseModel):

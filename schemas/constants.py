@@ -5,7 +5,8 @@ QUEUE_GPU = "gpu"
 QUEUE_ONLINE = "online"
 QUEUE_OPS = "ops"
 
-TASK_RUN_MICRO_BATCH = "bemq.run_micro_batch"
+# "Run the next micro-batch": the dispatch message (see `ops.store.dispatch`).
+TASK_RUN_NEXT = "bemq.run_next"
 TASK_RECONCILE = "bemq.jobs.reconcile"
 TASK_CANARY_STEP = "bemq.canary.step"
 TASK_DRIFT_CHECK = "bemq.drift.check"

@@ -1,43 +1,54 @@
 """A GPU worker's pipeline: the device never waits for the host.
 
-The micro-batch task only claims and decodes (the `runner.claim` stage) and hands the work to a
+The dispatch task only claims and decodes (the `runner.claim` stage) and hands the work to a
 bounded queue; a forward thread (`bemq-forward`, the only batch-job user of the device) embeds
 one micro-batch after another; a write thread (`bemq-write`) serialises shards and completes
 each. While micro-batch k runs its forward, k+1 is claimed and decoded and k-1 is written.
+
+A claim is made only once the forward queue has room for it, and the forward thread takes what
+it holds in dispatch order (`Claim.rank`), so the store's choice is made as late as it can be:
+a job that arrives while this worker is busy runs after the forward now running and the one
+already taken, not after everything the worker might have claimed ahead.
 
 Guarantees kept: one forward at a time (one forward thread; online forwards share the device
 through the same `ForwardGate`); a micro-batch is completed at most once (`Store.complete` is
 guarded); every claimed micro-batch holds its lease (renewed by `rt.leases`) until it is
 completed or given back. A store or blob outage in a later stage gives the micro-batch back
-(its lease released, its message sent again with a backoff); if the store itself is down, the
-lease runs out and `jobs.reconcile` sends it again. Queues hold at most `depth` micro-batches,
-so a worker never holds more leases than it can soon run.
+(its lease released with a backoff, a dispatch message sent for when it ends); if the store
+itself is down, the lease runs out and `jobs.reconcile` puts it back in the queue. The forward
+queue holds at most `depth` micro-batches, so a worker never holds more leases than it can
+soon run.
 """
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import time
 
 from ops.blobs import BlobsUnavailable
-from ops.store import ClaimOutcome, StoreUnavailable
+from ops.store import StoreUnavailable
 from workers import runner
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-Resend = Callable[[str, int, float], None]  # (job_id, seq, countdown seconds)
 _DONE = None  # the sentinel that ends a stage
+_LAST = (float("inf"), 0)  # the rank that puts the sentinel behind every micro-batch
 
 
 class Pipeline:
-    def __init__(self, rt: Runtime, resend: Resend, depth: int = 2) -> None:
+    def __init__(self, rt: Runtime, send: runner.Send, depth: int = 2) -> None:
         self.rt = rt
-        self.resend = resend
-        self.forwards: queue.Queue[runner.Work | None] = queue.Queue(maxsize=depth)
+        self.send = send
+        # Room in the forward queue: taken before a claim, given back as the forward takes it.
+        self._room = threading.Semaphore(depth)
+        self._order = itertools.count()
+        self.forwards: queue.PriorityQueue[tuple[tuple[float, int], int,
+                                                 runner.Work | None]] = \
+            queue.PriorityQueue(maxsize=depth + 1)
         self.writes: queue.Queue[runner.Work | None] = queue.Queue(maxsize=depth)
         self._threads = [
             threading.Thread(target=self._forward_loop, name="bemq-forward", daemon=True),
@@ -50,22 +61,32 @@ class Pipeline:
             t.start()
         return self
 
-    def take(self, job_id: str, seq: int) -> str:
-        """Claim and decode a delivered micro-batch and queue it for the forward (blocking while
-        the queue is full); returns the claim's outcome. Store and blob errors propagate to
-        the task, which retries as before."""
+    def take(self, token: str) -> str:
+        """Use a dispatch message: once the forward queue has room, claim the micro-batch that
+        goes next and queue it; returns what the message did. Store errors propagate to the
+        task, which sends the message again."""
         if self._stopped:
             raise RuntimeError("the worker's pipeline is stopping")
-        work = runner.claim(self.rt, job_id, seq)
+        self._room.acquire()
+        try:
+            work = runner.claim(self.rt, token, self.send)
+        except BaseException:
+            self._room.release()
+            raise
         if isinstance(work, str):
+            self._room.release()
             return work
-        (self.writes if work.dead else self.forwards).put(work)
-        return (ClaimOutcome.DEAD if work.dead else ClaimOutcome.RUN).value
+        if work.dead:
+            self._room.release()
+            self.writes.put(work)
+        else:
+            self.forwards.put((work.rank, next(self._order), work))
+        return work.outcome
 
     def stop(self, timeout: float) -> None:
         """Finish what was taken (a warm shutdown keeps its promise), then end both threads."""
         self._stopped = True
-        self.forwards.put(_DONE)
+        self.forwards.put((_LAST, next(self._order), _DONE))
         for t in self._threads:
             t.join(timeout)
         if any(t.is_alive() for t in self._threads):
@@ -73,7 +94,7 @@ class Pipeline:
                         "jobs.reconcile sends the micro-batches again", timeout)
 
     def _forward_loop(self) -> None:
-        while (work := self.forwards.get()) is not _DONE:
+        while (work := self._next_forward()) is not _DONE:
             try:
                 begun = runner.forward(self.rt, work)
             except Exception as exc:
@@ -84,6 +105,12 @@ class Pipeline:
             else:
                 self.rt.leases.drop(work.mb)
         self.writes.put(_DONE)
+
+    def _next_forward(self) -> runner.Work | None:
+        _, _, work = self.forwards.get()
+        if work is not _DONE:
+            self._room.release()
+        return work
 
     def _write_loop(self) -> None:
         while (work := self.writes.get()) is not _DONE:
@@ -96,21 +123,22 @@ class Pipeline:
 
     def _give_back(self, work: runner.Work, exc: Exception) -> None:
         """A stage failed for a reason that is not the items' (a model error on an item is
-        bisected and written as that item's error, inside the stage): release the lease so
-        the re-sent message can claim at once, and send it again after a backoff."""
+        bisected and written as that item's error, inside the stage): give the micro-batch
+        back to the queue with a backoff, and send a dispatch message for when it ends."""
         mb = work.mb
         self.rt.leases.drop(mb)
         reason = f"{type(exc).__name__}: {exc}"
-        countdown = float(min(60, 2 ** min(mb.deliveries, 6)))
+        backoff = float(min(60, 2 ** min(mb.deliveries, 6)))
         if not isinstance(exc, StoreUnavailable | BlobsUnavailable):
             log.exception("micro-batch %s/%s failed outside its items", mb.job_id, mb.seq,
                           exc_info=exc)
-        log.warning("micro-batch %s/%s given back (%s); sent again in %.0f s",
-                    mb.job_id, mb.seq, reason, countdown)
-        with contextlib.suppress(StoreUnavailable):
-            self.rt.store.release(mb.job_id, mb.seq, self.rt.name, reason)
+        log.warning("micro-batch %s/%s given back (%s); dispatched again in %.0f s",
+                    mb.job_id, mb.seq, reason, backoff)
         try:
-            self.resend(mb.job_id, mb.seq, countdown)
-        except Exception as send_exc:  # the broker is down too: jobs.reconcile re-sends
-            log.warning("could not send %s/%s again (%r); jobs.reconcile will",
+            due = time.time() + backoff
+            self.rt.store.release(mb.job_id, mb.seq, self.rt.name, reason, not_before=due)
+            self.send([self.rt.store.add_token(due)], backoff)
+        except Exception as send_exc:  # store or broker down too: its lease runs out, and
+            # jobs.reconcile puts it back in the queue and refills the window
+            log.warning("could not give %s/%s back (%r); jobs.reconcile will",
                         mb.job_id, mb.seq, send_exc)

@@ -1,5 +1,5 @@
-"""Running one micro-batch in three stages: claim its lease and decode its token ids, embed its
-items, write its shards and complete it once.
+"""Running one micro-batch in three stages: claim the lease of the one that goes next and decode
+its token ids, embed its items, write its shards and complete it once.
 
 A model error is isolated by bisection: the batch is split in halves until the failing item is
 alone, so it alone lands in the error file and every other item completes.
@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from ops import metrics
 from ops.blobs import BlobsUnavailable
+from ops.fairshare import DispatchOrder
 from ops.keys import request_id, shard_key
 from ops.lifecycle import finalize
 from ops.store import ClaimOutcome, Completion, StoreUnavailable
@@ -30,6 +31,7 @@ from workers.runtime import Runtime
 log = logging.getLogger(__name__)
 
 Embed = Callable[[list[int], list[str | None]], torch.Tensor]
+Send = Callable[[Sequence[str], float], None]  # dispatch messages, countdown seconds
 Result = tuple[Item, np.ndarray | str]
 
 
@@ -44,8 +46,15 @@ class Work:
     rows: list[list[int]]
     lengths: np.ndarray
     ids: np.ndarray
+    rank: tuple[float, int]  # its place in dispatch order (`ops.store.Claim.rank`)
     results: list[Result] | None = None
     extras: Extras | None = None
+
+    @property
+    def outcome(self) -> str:
+        """What a dispatch message did, as Flower shows it: "run batch_x/3"."""
+        kind = ClaimOutcome.DEAD if self.dead else ClaimOutcome.RUN
+        return f"{kind.value} {self.mb.job_id}/{self.mb.seq}"
 
 
 @dataclasses.dataclass
@@ -58,10 +67,10 @@ class Extras:
     usage: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
-def run(rt: Runtime, job_id: str, seq: int) -> str:
-    """One micro-batch through every stage in this thread (`workers.pipeline` runs the same
-    stages on three threads)."""
-    work = claim(rt, job_id, seq)
+def run(rt: Runtime, token: str, send: Send) -> str:
+    """Use one dispatch message: the next micro-batch through every stage in this thread
+    (`workers.pipeline` runs the same stages on three threads)."""
+    work = claim(rt, token, send)
     if isinstance(work, str):
         return work
     try:
@@ -70,29 +79,29 @@ def run(rt: Runtime, job_id: str, seq: int) -> str:
         write(rt, work)
     finally:
         rt.leases.drop(work.mb)
-    return ClaimOutcome.DEAD.value if work.dead else ClaimOutcome.RUN.value
+    return work.outcome
 
 
-def claim(rt: Runtime, job_id: str, seq: int) -> Work | str:
-    """Take the micro-batch's lease (kept by `rt.leases` until the caller drops it) and decode
-    its token ids; the outcome's name when there is nothing to run."""
+def claim(rt: Runtime, token: str, send: Send) -> Work | str:
+    """Use dispatch message `token`: take the lease of the micro-batch that goes next (kept by
+    `rt.leases` until the caller drops it), send the messages that refill the window, and
+    decode its token ids; the outcome's name when there is nothing to run."""
     cfg = rt.settings
-    got = rt.store.claim(job_id, seq, rt.name, cfg.lease_seconds, cfg.max_deliveries)
+    got = rt.store.claim_next(token, rt.name, cfg.lease_seconds, cfg.max_deliveries,
+                              DispatchOrder(cfg.dispatch_order), cfg.window)
     metrics.MICRO_BATCHES.labels(got.outcome.value).inc()
-    if got.outcome in (ClaimOutcome.DONE, ClaimOutcome.BUSY):
-        return got.outcome.value
-    if got.outcome == ClaimOutcome.SKIP:
-        finalize(rt.store, rt.blobs, job_id)
+    if got.tokens:
+        send(got.tokens, 0.0)
+    if got.micro_batch is None:
         return got.outcome.value
     mb = got.micro_batch
-    assert mb is not None
     rt.leases.hold(mb)
     rows = item_rows(mb.items)
     if mb.tokens is not None:
         lengths, ids = tokens.unpack_lengths_and_ids(mb.tokens)
     else:  # stored before token ids were kept: tokenize as then
         lengths, ids = rt.tokenize([t for item in mb.items for t in item.texts])
-    return Work(mb, got.outcome == ClaimOutcome.DEAD, rows, lengths, ids)
+    return Work(mb, got.outcome == ClaimOutcome.DEAD, rows, lengths, ids, got.rank)
 
 
 def item_rows(items: Sequence[Item]) -> list[list[int]]:
@@ -112,7 +121,7 @@ def forward(rt: Runtime, work: Work) -> bool:
     if work.dead:
         return True
     mb = work.mb
-    if not rt.store.begin_forward(mb.job_id, mb.seq, rt.name, rt.last_forward):
+    if not rt.store.begin_forward(mb.job_id, mb.seq, rt.name, rt.last_forward, work.rank[0]):
         log.warning("lease on %s/%s lost before its forward; not run here", mb.job_id, mb.seq)
         return False
     rt.last_forward = None

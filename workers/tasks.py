@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -13,7 +12,6 @@ from prometheus_client import REGISTRY
 
 from ops import metrics
 from ops.backup import service as backup
-from ops.blobs import BlobsUnavailable
 from ops.collectors import GpuMemoryCollector, StateCollector
 from ops.lifecycle import reconcile
 from ops.store import StoreUnavailable
@@ -24,7 +22,7 @@ from schemas.constants import (
     SCHEDULED_TASKS,
     SCHEDULER_LOCK_FILE,
     TASK_RECONCILE,
-    TASK_RUN_MICRO_BATCH,
+    TASK_RUN_NEXT,
 )
 from workers import runner
 from workers.app import app
@@ -41,42 +39,34 @@ _schedule: WorkerSchedule | None = None
 _pipeline: Pipeline | None = None
 
 
-@app.task(name=TASK_RUN_MICRO_BATCH, bind=True, max_retries=None)
-def run_micro_batch(self: Task, job_id: str, seq: int) -> str:
-    """Claim the micro-batch and hand it to this worker's pipeline (`workers.pipeline`): the
-    message is acknowledged once the claim holds, and the store's lease, not the message,
-    keeps the work from being lost from then on."""
+@app.task(name=TASK_RUN_NEXT, bind=True, max_retries=None)
+def run_next(self: Task, token: str) -> str:
+    """Use a dispatch message: claim the micro-batch the store puts next and hand it to this
+    worker's pipeline (`workers.pipeline`). The message is acknowledged once the claim holds;
+    from then on the store's lease, not the message, keeps the work from being lost."""
     rt = runtime()
     try:
         if _pipeline is None:  # a worker that serves no GPU queue: all stages here
-            return runner.run(rt, job_id, seq)
-        return _pipeline.take(job_id, seq)
-    except (StoreUnavailable, BlobsUnavailable) as exc:
-        # Hand the lease back so the retry can claim at once; if the store is the thing that
-        # is down, the lease expires instead and jobs.reconcile re-sends the micro-batch.
-        with contextlib.suppress(StoreUnavailable):
-            rt.store.release(job_id, seq, rt.name, f"{type(exc).__name__}: {exc}")
+            return runner.run(rt, token, send_dispatch)
+        return _pipeline.take(token)
+    except StoreUnavailable as exc:  # nothing was claimed: the message is tried again
         raise self.retry(exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6))) from exc
 
 
 @app.task(name=TASK_RECONCILE)
 def reconcile_jobs() -> dict[str, int]:
     rt = runtime()
-    return reconcile(rt.store, rt.blobs, send_micro_batches,
-                     requeue_after=rt.settings.requeue_after_seconds,
-                     dead_after=rt.settings.dead_after)
+    cfg = rt.settings
+    return reconcile(rt.store, rt.blobs, lambda tokens: send_dispatch(tokens, 0.0),
+                     requeue_after=cfg.requeue_after_seconds, dead_after=cfg.dead_after,
+                     window=cfg.window)
 
 
-def send_again(job_id: str, seq: int, countdown: float) -> None:
-    app.send_task(TASK_RUN_MICRO_BATCH, args=[job_id, seq], queue=QUEUE_GPU,
-                  countdown=countdown)
-
-
-def send_micro_batches(pairs: Sequence[tuple[str, int]]) -> None:
+def send_dispatch(tokens: Sequence[str], countdown: float) -> None:
     with app.producer_or_acquire() as producer:
-        for job_id, seq in pairs:
-            app.send_task(TASK_RUN_MICRO_BATCH, args=[job_id, seq], queue=QUEUE_GPU,
-                          producer=producer)
+        for token in tokens:
+            app.send_task(TASK_RUN_NEXT, args=[token], queue=QUEUE_GPU, producer=producer,
+                          countdown=countdown or None)
 
 
 def _recover_and_schedule(rt: Runtime) -> WorkerSchedule | None:
@@ -110,7 +100,7 @@ def _on_ready(sender, **_: object) -> None:  # type: ignore[no-untyped-def]
     metrics.serve(rt.settings.metrics_port)
     if gpu:
         _ = rt.model  # load before the first message, not during it
-        _pipeline = Pipeline(rt, send_again, rt.settings.pipeline_depth).start()
+        _pipeline = Pipeline(rt, send_dispatch, rt.settings.pipeline_depth).start()
     if QUEUE_ONLINE in queues:
         _stops.append(OnlineServer(rt).start())
     _heartbeat = rt.start_heartbeat(queues)

@@ -1,31 +1,29 @@
 """Store logic shared by SQLite and PostgreSQL: one set of SQL statements, two connection layers.
 
 Every state change that must not be lost or doubled is one guarded UPDATE inside one
-transaction: a micro-batch is claimed under a lease (`deliveries` counts each claim, since Redis
-has no redelivered flag), completed at most once, and the job's counters move only on that first
-completion.
+transaction: a micro-batch is claimed under a lease (see `ops.store.dispatch`; `deliveries`
+counts the forwards begun on it, since Redis has no redelivered flag), completed at most once,
+and the job's counters move only on that first completion.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import enum
 import json
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from ops.store import migrations
 from ops.store.canary import CanaryRecords
 from ops.store.core import Cursor, Transactional, retried, storable
+from ops.store.dispatch import DispatchRecords
 from ops.store.features import Feature, FeatureRecords
 from ops.store.gateway import GatewayRecords
 from ops.store.retention import RetentionRecords
-from ops.store.rows import FILE_COLUMNS, JOB_COLUMNS, file_from_row, job_from_row
+from ops.store.rows import FILE_COLUMNS, ITEMS, JOB_COLUMNS, file_from_row, job_from_row
 from schemas.adapters import AdapterRecord
 from schemas.batch import STATUS_TIMESTAMP, BatchErrors, FileObject, Job, JobStatus
 from schemas.canary import Sample
@@ -36,27 +34,14 @@ log = logging.getLogger(__name__)
 OPEN_STATES = (MicroBatchState.QUEUED.value, MicroBatchState.RUNNING.value)
 
 
-class ClaimOutcome(enum.StrEnum):
-    RUN = "run"  # the caller holds the lease: run the items
-    DEAD = "dead"  # delivered too often: the caller writes its items as errors
-    SKIP = "skip"  # job cancelled or expired: marked skipped, nothing to run
-    DONE = "done"  # a repeated message for finished work
-    BUSY = "busy"  # another worker holds a live lease
-
-
 @dataclasses.dataclass(frozen=True)
 class Completion:
     first: bool  # this call completed it (a repeat moves nothing)
     job_done: bool  # every item of its job is now accounted for: time to finalize the job
 
 
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    outcome: ClaimOutcome
-    micro_batch: MicroBatch | None = None
-
-
-class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Transactional):
+class Store(CanaryRecords, DispatchRecords, FeatureRecords, GatewayRecords, RetentionRecords,
+            Transactional):
     @retried
     def ping(self) -> None:
         with self.tx() as cur:
@@ -118,7 +103,7 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
             "completion_window": job.completion_window, "created_at": job.created_at,
             "expires_at": job.expires_at,
             "metadata": json.dumps(job.metadata) if job.metadata is not None else None,
-            "output_expires_after": job.output_expires_after,
+            "output_expires_after": job.output_expires_after, "priority": job.priority,
         }
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
@@ -152,12 +137,15 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
         return {r[0]: int(r[1]) for r in rows}
 
     @retried
-    def list_jobs(self, tenant: str, after: str | None = None, limit: int = 20) -> list[Job]:
-        """Newest first; `after` is the id of the last job of the previous page (cursor)."""
+    def list_jobs(self, tenant: str | None, after: str | None = None,
+                  limit: int = 20) -> list[Job]:
+        """A tenant's jobs (every tenant's: None), newest first; `after` is the id of the last
+        job of the previous page (cursor)."""
         if after is not None and not storable(after):
             return []
-        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?"
-        params: list[Any] = [tenant]
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE " + ("1 = 1" if tenant is None
+                                                          else "tenant = ?")
+        params: list[Any] = [] if tenant is None else [tenant]
         if after is not None:
             with self.tx() as cur:
                 anchor = cur.execute(
@@ -298,60 +286,13 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
 
     # -- micro-batches -------------------------------------------------------------------
     @retried
-    def claim(self, job_id: str, seq: int, worker: str, lease_seconds: float,
-              max_deliveries: int) -> Claim:
-        """Take the lease on one micro-batch for a delivered message; see `ClaimOutcome`. It is
-        DEAD once `max_deliveries` forwards were begun on it and never finished (its workers
-        died in them): claiming alone counts nothing, since a worker claims ahead."""
-        now = time.time()
-        with self.tx() as cur:
-            row = cur.execute(
-                "SELECT mb.state, mb.lease_until, mb.claims, mb.deliveries, "
-                "mb.finished_forwards, mb.items, j.status, j.expired_at, mb.tokens "
-                "FROM micro_batches mb JOIN jobs j ON j.id = mb.job_id "
-                "WHERE mb.job_id = ? AND mb.seq = ?",
-                (job_id, seq),
-            ).fetchone()
-            if row is None:
-                return Claim(ClaimOutcome.DONE)
-            (state, lease_until, claims, deliveries, finished, items_json, job_status,
-             expired_at, token_ids) = row
-            if MicroBatchState(state).terminal:
-                return Claim(ClaimOutcome.DONE)
-            if state == MicroBatchState.RUNNING.value and lease_until and lease_until > now:
-                return Claim(ClaimOutcome.BUSY)
-            if expired_at is not None or job_status in (
-                JobStatus.CANCELLING.value, JobStatus.CANCELLED.value, JobStatus.EXPIRED.value
-            ):
-                cur.execute(
-                    "UPDATE micro_batches SET state = ?, lease_until = NULL "
-                    "WHERE job_id = ? AND seq = ? AND state = ?",
-                    (MicroBatchState.SKIPPED.value, job_id, seq, state),
-                )
-                return Claim(ClaimOutcome.SKIP)
-            cur.execute(
-                "UPDATE micro_batches SET state = ?, lease_until = ?, worker = ?, claimed_at = ?, "
-                "claims = claims + 1 WHERE job_id = ? AND seq = ? AND state = ? AND claims = ?",
-                (MicroBatchState.RUNNING.value, now + lease_seconds, worker, now, job_id, seq,
-                 state, claims),
-            )
-            if cur.rowcount != 1:
-                return Claim(ClaimOutcome.BUSY)
-        mb = MicroBatch(
-            job_id=job_id, seq=seq, state=MicroBatchState.RUNNING,
-            items=_ITEMS.validate_json(items_json), deliveries=deliveries,
-            failed_deliveries=deliveries - finished, lease_until=now + lease_seconds,
-            tokens=None if token_ids is None else bytes(token_ids),
-        )
-        dead = deliveries - finished >= max_deliveries
-        return Claim(ClaimOutcome.DEAD if dead else ClaimOutcome.RUN, mb)
-
-    @retried
     def begin_forward(self, job_id: str, seq: int, worker: str,
-                      finished: tuple[str, int] | None = None) -> bool:
+                      finished: tuple[str, int] | None = None, clock: float = 0.0) -> bool:
         """Count a forward begun on a micro-batch this worker holds (False: it lost the lease,
         so it must not run), and in the same transaction the end of the forward before it
-        (`finished`), which ran to its end: a crash from here on is not that one's doing."""
+        (`finished`), which ran to its end: a crash from here on is not that one's doing.
+        `clock`: the virtual time it was dispatched at (`Claim.rank`), which the dispatch
+        clock moves up to."""
         with self.tx() as cur:
             if finished is not None:
                 cur.execute(
@@ -365,7 +306,11 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
                 "WHERE job_id = ? AND seq = ? AND state = ? AND worker = ?",
                 (job_id, seq, MicroBatchState.RUNNING.value, worker),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            cur.execute("UPDATE dispatch SET value = ? WHERE name = 'clock' AND value < ?",
+                        (clock, clock))
+            return True
 
     @retried
     def renew_lease(self, job_id: str, seq: int, worker: str, lease_seconds: float) -> bool:
@@ -374,19 +319,6 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
                 "UPDATE micro_batches SET lease_until = ? "
                 "WHERE job_id = ? AND seq = ? AND state = ? AND worker = ?",
                 (time.time() + lease_seconds, job_id, seq, MicroBatchState.RUNNING.value, worker),
-            )
-            return cur.rowcount == 1
-
-    @retried
-    def release(self, job_id: str, seq: int, worker: str, error: str) -> bool:
-        """Give a micro-batch this worker holds back to the queued state after a retryable
-        failure, so that the retry message can claim it at once."""
-        with self.tx() as cur:
-            cur.execute(
-                "UPDATE micro_batches SET state = ?, lease_until = NULL, last_error = ?, "
-                "enqueued_at = ? WHERE job_id = ? AND seq = ? AND state = ? AND worker = ?",
-                (MicroBatchState.QUEUED.value, error[:2000], time.time(), job_id, seq,
-                 MicroBatchState.RUNNING.value, worker),
             )
             return cur.rowcount == 1
 
@@ -437,30 +369,6 @@ class Store(CanaryRecords, FeatureRecords, GatewayRecords, RetentionRecords, Tra
                 (now, MicroBatchState.RUNNING.value, now, now - dead_after),
             )
             return cur.rowcount
-
-    @retried
-    def stale_micro_batches(self, requeue_after: float, limit: int = 1000) -> list[tuple[str, int]]:
-        """Micro-batches whose message may be lost: queued for too long, or running with an
-        expired lease (the worker died). `jobs.reconcile` sends them again."""
-        now = time.time()
-        with self.tx() as cur:
-            rows = cur.execute(
-                "SELECT job_id, seq FROM micro_batches WHERE "
-                "(state = ? AND enqueued_at < ?) OR (state = ? AND lease_until < ?) "
-                "ORDER BY job_id, seq LIMIT ?",
-                (MicroBatchState.QUEUED.value, now - requeue_after,
-                 MicroBatchState.RUNNING.value, now, limit),
-            ).fetchall()
-        return [(r[0], r[1]) for r in rows]
-
-    @retried
-    def mark_enqueued(self, pairs: Sequence[tuple[str, int]]) -> None:
-        now = time.time()
-        with self.tx() as cur:
-            cur.executemany(
-                "UPDATE micro_batches SET enqueued_at = ? WHERE job_id = ? AND seq = ?",
-                [(now, job_id, seq) for job_id, seq in pairs],
-            )
 
     @retried
     def micro_batch_summary(self, job_id: str) -> dict[str, int]:
@@ -576,8 +484,5 @@ def _skip_queued(cur: Cursor, job_id: str) -> None:
     )
 
 
-_ITEMS = TypeAdapter(list[Item])
-
-
 def _items_json(items: Sequence[Item]) -> str:
-    return _ITEMS.dump_json(list(items), exclude_none=True).decode()
+    return ITEMS.dump_json(list(items), exclude_none=True).decode()

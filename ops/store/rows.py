@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from schemas.batch import BatchErrors, FileObject, Job, JobStatus, RequestCounts
+from schemas.microbatch import Item
 
 JOB_COLUMNS = (
     "id, tenant, model, endpoint, status, input_file_id, output_file_id, error_file_id, "
     "completion_window, created_at, in_progress_at, expires_at, finalizing_at, completed_at, "
     "failed_at, expired_at, cancelling_at, cancelled_at, total, completed, failed, "
-    "micro_batches, errors, metadata, output_expires_after"
+    "micro_batches, errors, metadata, output_expires_after, priority"
 )
 JOB_FIELDS = [c.strip() for c in JOB_COLUMNS.split(",")]
+
+ITEMS = TypeAdapter(list[Item])  # a micro-batch's `items` column
 
 FILE_COLUMNS = "id, tenant, purpose, filename, bytes, created_at, expires_at, blob_key"
 

@@ -192,6 +192,9 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         except InvalidBatch as exc:
             raise APIError(400, str(exc).replace("\n", " "), param="input_file_id",
                            code="invalid_batch_file") from None
+        except ValueError as exc:  # metadata.priority out of range or not a number
+            raise APIError(400, str(exc), param=str(exc).partition(":")[0],
+                           code="invalid_value") from None
         return job.public()
 
     @app.get("/v1/batches/{batch_id}", response_model=BatchObject, tags=["batches"],

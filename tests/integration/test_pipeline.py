@@ -5,12 +5,13 @@ cancellation."""
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from producers.broker import send_micro_batches
+from producers.broker import send_dispatch
 from producers.client import Client
 from producers.corpus import sentences
 from schemas.batch import JobStatus, OutputLine
@@ -54,9 +55,11 @@ def test_job_completes_every_item_exactly_once(deployment_env: dict[str, str],
             assert list(client.errors(job.id)) == []
             before = client.file_content(job.output_file_id)  # type: ignore[arg-type]
 
-            # Redeliver every message of the finished job, then run a marker job behind them:
-            # the worker consumes in order, so once the marker completes the duplicates are done.
-            send_micro_batches(cfg, [(job.id, s) for s in range(job.micro_batches)])
+            # Messages with nothing left to run, each delivered twice, and one never issued;
+            # then a marker job behind them: the worker consumes in order, so once the marker
+            # completes they are all used.
+            spare = [client.store.add_token(time.time()) for _ in range(3)]
+            send_dispatch(cfg, spare + spare + ["never-issued"])
             marker = client.wait(client.submit_job(["marker"]).id, timeout=120)
             assert marker.status == JobStatus.COMPLETED
             again = client.status(job.id)
@@ -92,7 +95,7 @@ def test_poison_item_lands_in_error_file(tmp_path: Path) -> None:
 
 def test_cancel_keeps_finished_lines_and_skips_the_rest(tmp_path: Path) -> None:
     """Cancelling after one micro-batch ran ends `cancelled` with exactly that batch's lines;
-    the skipped micro-batches' messages are later consumed without running anything."""
+    the dispatch messages sent for it are later used without running anything."""
     from tests.conftest import embedded_env
 
     env = embedded_env(tmp_path / "var")
@@ -102,7 +105,9 @@ def test_cancel_keeps_finished_lines_and_skips_the_rest(tmp_path: Path) -> None:
         job = client.submit_job(sentences(client.model, 64, seed=2))
         assert job.micro_batches >= 4
         # One micro-batch runs through the real runner code in this process.
-        assert runner.run(Runtime(cfg), job.id, 0) == "run"
+        token = client.store.add_token(time.time())
+        ran = runner.run(Runtime(cfg), token, lambda tokens, _: send_dispatch(cfg, tokens))
+        assert ran == f"run {job.id}/0"
         done = client.status(job.id).request_counts.completed
         assert done > 0
         job = client.cancel(job.id)

@@ -5,29 +5,15 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from ops.store import ClaimOutcome, Store, open_store
+from ops.fairshare import DispatchOrder
+from ops.store import ClaimOutcome, Store, Window, open_store
 from ops.store.features import Feature
 from schemas.batch import BatchError, BatchErrors, FileObject, Job, JobStatus
 from schemas.microbatch import Item, MicroBatch, MicroBatchState
 
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/store.sqlite3"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    st = open_store(url, retry_seconds=5)
-    st.migrate()
-    assert st.migrate() == []  # idempotent
-    st.ensure_schema(migrate=False)
-    yield st
-    st.close()
+SHARE, ARRIVAL = DispatchOrder.SHARE, DispatchOrder.ARRIVAL
+WINDOW = Window(per_worker=2, live_within=15)
 
 
 def new_job(store: Store, job_id: str = "batch_1", tenant: str = "t", created: int = 100,
@@ -91,7 +77,8 @@ def test_expired_lease_is_reclaimed_and_counted_to_dead(store: Store) -> None:
         assert claim.micro_batch.failed_deliveries == delivery - 2
         assert store.begin_forward("batch_1", 1, "w")  # and the worker dies in it
         time.sleep(0.02)
-    assert ("batch_1", 1) in store.stale_micro_batches(requeue_after=3600)
+    assert store.requeue_lapsed() == 1
+    assert store.micro_batch_summary("batch_1") == {"queued": 1, "running": 1}
     assert store.claim("batch_1", 1, "w", 60, max_deliveries=2).outcome == ClaimOutcome.DEAD
     assert store.complete("batch_1", 1, 0, 2, dead=True, error="limit").first
     assert store.get_job("batch_1").dead_micro_batches == 1  # type: ignore[union-attr]
@@ -99,7 +86,8 @@ def test_expired_lease_is_reclaimed_and_counted_to_dead(store: Store) -> None:
 
 def test_dead_holders_lose_their_leases_live_ones_keep_them(store: Store) -> None:
     """A running micro-batch whose holder stopped heartbeating, or has no row, gets its lease
-    ended (so reconcile finds it stale at once); a live holder's long lease is kept."""
+    ended (so reconcile puts it back in the queue at once); a live holder's long lease is
+    kept."""
     new_job(store, batches=3)
     store.heartbeat("live", 1, "gpu", "cpu")
     store.heartbeat("silent", 2, "gpu", "cpu")
@@ -108,29 +96,31 @@ def test_dead_holders_lose_their_leases_live_ones_keep_them(store: Store) -> Non
     for seq, holder in enumerate(("live", "silent", "forgotten")):
         assert store.claim("batch_1", seq, holder, 3600, 3).outcome == ClaimOutcome.RUN
         assert store.begin_forward("batch_1", seq, holder)
-    assert store.stale_micro_batches(requeue_after=3600) == []
+    assert store.requeue_lapsed() == 0
     assert store.end_dead_leases(dead_after=15) == 2
     assert store.end_dead_leases(dead_after=15) == 0  # already ended: nothing moves twice
     time.sleep(0.01)
-    assert sorted(store.stale_micro_batches(requeue_after=3600)) == [("batch_1", 1),
-                                                                     ("batch_1", 2)]
+    assert store.requeue_lapsed() == 2
+    assert store.micro_batch_summary("batch_1") == {"queued": 2, "running": 1}
     assert store.claim("batch_1", 0, "other", 60, 3).outcome == ClaimOutcome.BUSY
     again = store.claim("batch_1", 1, "other", 60, 3)
     assert again.outcome == ClaimOutcome.RUN and again.micro_batch.failed_deliveries == 1
 
 
-def test_release_requeues_and_stale_queued_are_found(store: Store) -> None:
-    """A released micro-batch is queued again; queued ones older than the bound are stale."""
-    new_job(store)
+def test_release_requeues_after_its_backoff(store: Store) -> None:
+    """A released micro-batch is queued again, but not dispatched before its backoff ends."""
+    new_job(store, batches=1)
     store.claim("batch_1", 0, "w", 60, 3)
     assert store.release("batch_1", 0, "someone-else", "blip") is False
-    assert store.release("batch_1", 0, "w", "store blip") is True
-    assert store.micro_batch_summary("batch_1") == {"queued": 2}
-    assert store.stale_micro_batches(requeue_after=3600) == []
-    time.sleep(0.05)
-    assert sorted(store.stale_micro_batches(requeue_after=0.01)) == [("batch_1", 0), ("batch_1", 1)]
-    store.mark_enqueued([("batch_1", 0), ("batch_1", 1)])
-    assert store.stale_micro_batches(requeue_after=0.01) == []
+    assert store.release("batch_1", 0, "w", "store blip", not_before=time.time() + 0.3) is True
+    assert store.micro_batch_summary("batch_1") == {"queued": 1}
+    assert store.claim_next(store.add_token(time.time()), "w", 60, 3, SHARE,
+                            WINDOW).outcome == ClaimOutcome.IDLE
+    assert store.top_up(WINDOW) == []  # nothing ready yet: no message to send
+    time.sleep(0.35)
+    assert len(store.top_up(WINDOW)) == 1
+    got = store.claim_next(store.add_token(time.time()), "w", 60, 3, SHARE, WINDOW)
+    assert got.outcome == ClaimOutcome.RUN and got.micro_batch.seq == 0  # type: ignore[union-attr]
 
 
 def test_cancel_skips_queued_and_running_finish(store: Store) -> None:
