@@ -59,7 +59,9 @@ def build(s: Settings) -> dict[str, Any]:
     }
     conf["result_backend_transport_options"] = dict(conf["broker_transport_options"])
     if s.embedded_broker:
-        # Beat's own state under BEMQ_HOME, never in the working directory.
+        # Messages written whole (see `ops.fs_broker`); beat's own state under BEMQ_HOME,
+        # never in the working directory.
+        conf["broker_transport"] = "ops.fs_broker:Transport"
         conf["beat_schedule_filename"] = str((s.home / BEAT_SCHEDULE_FILE).resolve())
     else:
         # One beat leader across hosts: RedBeat holds a lock in the broker's Redis.

@@ -42,15 +42,18 @@ class LocalWorker:
         return self.proc.pid
 
     def wait_ready(self, store: Store, timeout: float = 180.0) -> float:
-        """Block until this process has a heartbeat in the store; returns the seconds taken."""
+        """Block until this process has a heartbeat in the store; returns the seconds taken.
+        A worker that became ready and then exited counts as ready (the caller sees its exit
+        status): it may have died of its first micro-batch before this looked."""
         assert self.proc is not None
         start = time.monotonic()
         while time.monotonic() - start < timeout:
-            if self.proc.poll() is not None:
-                raise WorkerFailed(f"worker exited with {self.proc.returncode}; "
-                                   f"see {self.log_path}:\n{self.tail()}")
+            exited = self.proc.poll() is not None
             if any(w["pid"] == self.proc.pid for w in store.live_workers(60)):
                 return time.monotonic() - start
+            if exited:
+                raise WorkerFailed(f"worker exited with {self.proc.returncode}; "
+                                   f"see {self.log_path}:\n{self.tail()}")
             time.sleep(0.1)
         raise WorkerFailed(f"worker not ready after {timeout}s; see {self.log_path}")
 

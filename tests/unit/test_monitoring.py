@@ -20,7 +20,8 @@ import producers.http.middleware  # noqa: F401  (registers the gateway metrics)
 
 pytestmark = pytest.mark.timeout(120)
 MONITORING = Path(__file__).parents[2] / "ops" / "monitoring"
-COLLECTED = {"bem_jobs", "bem_workers_alive", "bem_queue_depth", "bem_gpu_memory_bytes"}
+COLLECTED = {"bem_jobs", "bem_workers_alive", "bem_queue_depth", "bem_gpu_memory_bytes",
+             "bem_tenant_queued_items", "bem_tenant_oldest_queued_seconds"}
 
 
 def promtool() -> str:

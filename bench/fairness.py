@@ -1,0 +1,164 @@
+"""Fair-share benchmark: one worker, the real model, the embedded default, measured in one run.
+
+- small_job_wait_ratio: a 20-item job's completion time (submit to `wait` returning, polled
+  every 50 ms) while another tenant's 5,000-item job runs, ÷ the same job's completion time on
+  the idle system (medians of `--small-runs` each; the small jobs behind are submitted one after
+  another while the big job runs).
+- share_error: tenants of weights 1 and 3 with the same backlog (`--share-items` each, submitted
+  one right after the other): over the middle half of the time both have work waiting (the
+  heavier one's first claim to its last), |the light tenant's share of the texts completed −
+  0.25| (the heavy one's error is the same number). `share_error_window_max` is the largest such
+  deviation over windows of `--window` consecutive micro-batches in that half, for the
+  short-term picture.
+- fair_throughput_ratio: texts/s of that two-tenant work with the fair dispatcher ÷ texts/s of
+  the same work in arrival order (BEMQ_DISPATCH_ORDER=arrival), each on a fresh worker and
+  store; texts/s from the first claim to the last completion.
+
+Usage: python bench/fairness.py --json PATH [--big-items 5000] [--share-items 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console
+from rich.table import Table
+
+from producers.client import Client
+from producers.corpus import sentences
+from producers.local_worker import LocalWorker
+from schemas.batch import JobStatus
+from tests.support.deploy import settings_for
+
+console = Console(stderr=True)
+SMALL_ITEMS = 20
+
+
+@contextlib.contextmanager
+def deployment(home: Path, order: str) -> Iterator[dict[str, str]]:
+    """An embedded deployment with one GPU worker (its log under `home`), yielding its env."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEMQ_")}
+    env.update(BEMQ_HOME=str(home), BEMQ_POLL_INTERVAL="0.05", BEMQ_DISPATCH_ORDER=order,
+               PYTHONPATH=str(Path.cwd()))
+    worker = LocalWorker(env, home / "worker.log").start()
+    try:
+        with Client(settings_for(env)) as client:
+            console.print(f"[{order}] worker ready in {worker.wait_ready(client.store):.1f} s")
+        yield env
+    finally:
+        worker.stop()
+
+
+def completion_seconds(client: Client, texts: list[str]) -> float:
+    start = time.perf_counter()
+    job = client.wait(client.submit_job(texts).id, timeout=600)
+    assert job.status == JobStatus.COMPLETED, job.status
+    return time.perf_counter() - start
+
+
+def small_job_wait(env: dict[str, str], big_items: int, runs: int) -> dict[str, float]:
+    cfg = settings_for(env)
+    with Client(cfg, tenant="alpha") as alpha, Client(cfg, tenant="beta") as beta:
+        small = [sentences(beta.model, SMALL_ITEMS, seed=100 + n) for n in range(runs + 1)]
+        completion_seconds(beta, small[0])  # warm-up
+        idle = [completion_seconds(beta, small[n]) for n in range(1, runs + 1)]
+        big = alpha.submit_job(sentences(alpha.model, big_items, seed=7))
+        while alpha.status(big.id).request_counts.completed == 0:
+            time.sleep(0.05)
+        behind = []
+        for n in range(1, runs + 1):
+            behind.append(completion_seconds(beta, small[n]))
+            left = alpha.status(big.id)
+            if left.request_counts.completed >= big_items:
+                console.print(f"[red]the big job ended before small run {n}: use --big-items")
+                break
+            console.print(f"small job behind: {behind[-1]:.2f} s "
+                          f"(big job at {left.request_counts.completed}/{big_items})")
+        alpha.cancel(big.id)
+    return {"small_job_idle_s": statistics.median(idle),
+            "small_job_behind_s": statistics.median(behind),
+            "small_job_wait_ratio": statistics.median(behind) / statistics.median(idle)}
+
+
+def two_tenants(env: dict[str, str], items: int, window: int) -> dict[str, float]:
+    """Weights 1 and 3, the same backlog each; shares and texts/s from the store's records."""
+    cfg = settings_for(env)
+    with Client(cfg, tenant="light") as light, Client(cfg, tenant="heavy") as heavy:
+        light.store.set_tenant_weight("light", 1)
+        light.store.set_tenant_weight("heavy", 3)
+        jobs = [(c, c.submit_job(sentences(c.model, items, seed=seed)))
+                for c, seed in ((light, 11), (heavy, 12))]
+        for client, job in jobs:
+            done = client.wait(job.id, timeout=1800)
+            assert done.status == JobStatus.COMPLETED, done.status
+        with light.store.tx() as cur:
+            rows = cur.execute(
+                "SELECT j.tenant, mb.rows, mb.claimed_at, mb.completed_at FROM micro_batches mb "
+                "JOIN jobs j ON j.id = mb.job_id WHERE j.tenant IN ('light', 'heavy') "
+                "ORDER BY mb.completed_at").fetchall()
+    heavy_at = [i for i, r in enumerate(rows) if r[0] == "heavy"]
+    span = rows[heavy_at[0]:heavy_at[-1] + 1]
+    middle = span[len(span) // 4: 3 * len(span) // 4]
+
+    def light_share(part: list[tuple]) -> float:
+        return sum(r[1] for r in part if r[0] == "light") / sum(r[1] for r in part)
+
+    windows = [middle[i:i + window] for i in range(0, len(middle) - window + 1, window)]
+    seconds = max(r[3] for r in rows) - min(r[2] for r in rows)
+    return {"light_share": light_share(middle),
+            "share_error": abs(light_share(middle) - 0.25),
+            "share_error_window_max": max(abs(light_share(w) - 0.25) for w in windows),
+            "middle_micro_batches": len(middle),
+            "items_per_s": sum(r[1] for r in rows) / seconds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
+    parser.add_argument("--big-items", type=int, default=5000)
+    parser.add_argument("--small-runs", type=int, default=3)
+    parser.add_argument("--share-items", type=int, default=4000)
+    parser.add_argument("--window", type=int, default=8,
+                        help="micro-batches per window of share_error_window_max")
+    args = parser.parse_args()
+
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bemq-fair-") as tmp:
+        with deployment(Path(tmp) / "share", "share") as env:
+            figures |= small_job_wait(env, args.big_items, args.small_runs)
+            fair = two_tenants(env, args.share_items, args.window)
+        with deployment(Path(tmp) / "arrival", "arrival") as env:
+            with Client(settings_for(env)) as client:  # warm, as the share run's worker is
+                completion_seconds(client, sentences(client.model, SMALL_ITEMS, seed=100))
+            fifo = two_tenants(env, args.share_items, args.window)
+    figures |= {k: v for k, v in fair.items() if k != "items_per_s"}
+    figures |= {"fair_items_per_s": fair["items_per_s"],
+                "arrival_items_per_s": fifo["items_per_s"],
+                "arrival_light_share": fifo["light_share"],
+                "fair_throughput_ratio": fair["items_per_s"] / fifo["items_per_s"]}
+
+    table = Table("figure", "value", "target", title="bench/fairness.py (one worker, real model)")
+    targets = {"small_job_wait_ratio": "≤ 3", "share_error": "≤ 0.05",
+               "fair_throughput_ratio": "≥ 0.97"}
+    for name, value in figures.items():
+        table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value),
+                      targets.get(name, ""))
+    Console().print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
