@@ -50,6 +50,7 @@ bench: install wrk
 	$(PY) bench/kernels.py --json bench-results/kernels.json
 	$(PY) bench/online.py --json bench-results/online.json
 	$(PY) bench/recovery.py --json bench-results/recovery.json
+	$(PY) bench/fairness.py --json bench-results/fairness.json
 
 soak: install
 	mkdir -p bench-results

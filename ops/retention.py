@@ -31,7 +31,8 @@ RUN_SECONDS = 60.0
 # Tables whose rows churn (deleted here, or updated on every item): their space is reclaimed
 # after each run, so the store plateaus even where PostgreSQL's autovacuum is off.
 CHURNING_TABLES = ("files", "jobs", "micro_batches", "workers", "online_requests", "features",
-                   "drift_reports", "canary_samples", "rate_buckets")
+                   "drift_reports", "canary_samples", "rate_buckets", "dispatch",
+                   "dispatch_tokens", "dispatch_shares")
 
 
 def run(store: Store, blobs: Blobs, cfg: Settings) -> dict[str, int]:

@@ -91,7 +91,7 @@ class Pipeline:
             t.join(timeout)
         if any(t.is_alive() for t in self._threads):
             log.warning("pipeline did not drain in %.0f s; its leases will run out and "
-                        "jobs.reconcile sends the micro-batches again", timeout)
+                        "jobs.reconcile puts the micro-batches back in the queue", timeout)
 
     def _forward_loop(self) -> None:
         while (work := self._next_forward()) is not _DONE:

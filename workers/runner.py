@@ -91,7 +91,11 @@ def claim(rt: Runtime, token: str, send: Send) -> Work | str:
                               DispatchOrder(cfg.dispatch_order), cfg.window)
     metrics.MICRO_BATCHES.labels(got.outcome.value).inc()
     if got.tokens:
-        send(got.tokens, 0.0)
+        try:
+            send(got.tokens, 0.0)
+        except Exception as exc:  # kombu raises a variety of connection errors
+            log.warning("could not send %d dispatch message(s) (%r); jobs.reconcile refills "
+                        "the window", len(got.tokens), exc)
     if got.micro_batch is None:
         return got.outcome.value
     mb = got.micro_batch

@@ -24,10 +24,12 @@ import psycopg
 from ops.backup.manifest import TableEntry
 from ops.store import open_store
 
-# Parents before children (foreign keys). Live state is not backed up: worker heartbeats, and
-# the embedded deployment's token buckets and in-flight online requests.
+# Parents before children (foreign keys). Live state is not backed up: worker heartbeats, the
+# embedded deployment's token buckets and in-flight online requests, and dispatch state (the
+# window of dispatch messages, tenants' virtual times: a restored store starts them afresh).
 TABLES = ("jobs", "micro_batches", "files", "adapters", "canaries", "canary_decisions",
-          "canary_samples", "features", "drift_baselines", "drift_reports", "api_keys")
+          "canary_samples", "features", "drift_baselines", "drift_reports", "api_keys",
+          "tenants")
 SQLITE_OBJECT = "store.sqlite3"
 
 Put = Callable[[str, Iterable[bytes]], tuple[str, int]]

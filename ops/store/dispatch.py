@@ -92,45 +92,43 @@ class DispatchRecords(Transactional):
         transaction."""
         now = time.time()
         with self.tx() as cur:
-            clock, count = _lock(cur)
+            turn = _lock(cur, window, now)
             cur.execute("DELETE FROM dispatch_tokens WHERE id = ?", (token,))
             if cur.rowcount != 1:
                 return Claim(ClaimOutcome.STALE)
+            turn.held -= 1
             for _ in range(CLAIM_ATTEMPTS):
                 got = self._claim_chosen(cur, worker, lease_seconds, max_deliveries, order,
-                                         clock, count, now)
+                                         turn.clock, turn.count, now)
                 if got.outcome != ClaimOutcome.BUSY:
                     break
             if got.micro_batch is None:
                 return Claim(ClaimOutcome.IDLE)
-            return dataclasses.replace(got, tokens=_refill(cur, window, now))
+            return dataclasses.replace(got, tokens=_refill(cur, turn, now))
 
     def _claim_chosen(self, cur: Cursor, worker: str, lease_seconds: float, max_deliveries: int,
                       order: DispatchOrder, clock: float, count: int, now: float) -> Claim:
+        # Each in-progress job with a micro-batch ready: the first such one, and the standing
+        # of the job and its tenant.
         rows = cur.execute(
-            "SELECT j.id, j.tenant, j.priority, j.created_at, j.dispatched_at, "
-            "COALESCE(s.pass, 0), COALESCE(t.weight, 1) FROM jobs j "
+            "SELECT * FROM (SELECT j.id, j.tenant, j.priority, j.created_at, j.dispatched_at, "
+            "COALESCE(s.pass, 0), COALESCE(t.weight, 1), (SELECT MIN(mb.seq) FROM micro_batches "
+            "mb WHERE mb.job_id = j.id AND mb.state = ? AND (mb.not_before IS NULL OR "
+            "mb.not_before <= ?)) AS first FROM jobs j "
             "LEFT JOIN dispatch_shares s ON s.tenant = j.tenant "
             "LEFT JOIN tenants t ON t.tenant = j.tenant "
-            "WHERE j.status = ? AND j.expired_at IS NULL AND EXISTS ("
-            "SELECT 1 FROM micro_batches mb WHERE mb.job_id = j.id AND mb.state = ? "
-            "AND (mb.not_before IS NULL OR mb.not_before <= ?))",
-            (JobStatus.IN_PROGRESS.value, QUEUED, now),
+            "WHERE j.status = ? AND j.expired_at IS NULL) ready WHERE first IS NOT NULL",
+            (QUEUED, now, JobStatus.IN_PROGRESS.value),
         ).fetchall()
         candidates = [Candidate(r[0], r[1], r[2], r[3], r[4]) for r in rows]
         chosen = choose(candidates, order, clock, {r[1]: r[5] for r in rows})
         if chosen is None:
             return Claim(ClaimOutcome.IDLE)
-        seq = cur.execute(
-            "SELECT seq FROM micro_batches WHERE job_id = ? AND state = ? "
-            "AND (not_before IS NULL OR not_before <= ?) ORDER BY seq LIMIT 1",
-            (chosen.job_id, QUEUED, now),
-        ).fetchone()
-        assert seq is not None  # the candidate query found it under the same lock
-        got = _claim_row(cur, chosen.job_id, seq[0], worker, lease_seconds, max_deliveries, now)
+        row = next(r for r in rows if r[0] == chosen.job_id)
+        got = _claim_row(cur, chosen.job_id, row[7], worker, lease_seconds, max_deliveries, now)
         if got.micro_batch is None:
             return got
-        weight = next(r[6] for r in rows if r[1] == chosen.tenant)
+        weight = row[6]
         cur.execute(
             "INSERT INTO dispatch_shares (tenant, pass) VALUES (?, ?) "
             "ON CONFLICT (tenant) DO UPDATE SET pass = excluded.pass",
@@ -159,8 +157,7 @@ class DispatchRecords(Transactional):
         ready micro-batch, up to the window)."""
         now = time.time()
         with self.tx() as cur:
-            _lock(cur)
-            return list(_refill(cur, window, now))
+            return list(_refill(cur, _lock(cur, window, now), now))
 
     @retried
     def add_token(self, due_at: float) -> str:
@@ -229,29 +226,42 @@ class DispatchRecords(Transactional):
         return sorted(found.values(), key=lambda q: (-q.queued_items, q.tenant))
 
 
-def _lock(cur: Cursor) -> tuple[float, int]:
+@dataclasses.dataclass
+class _Turn:
+    """What a claim or a top-up reads as it takes the dispatch lock."""
+
+    count: int  # turns taken so far (orders claims of equal virtual time)
+    clock: float  # virtual time of the last forward begun
+    size: int  # the window: messages the broker may hold
+    held: int  # messages out now
+
+
+def _lock(cur: Cursor, window: Window, now: float) -> _Turn:
     """Take the dispatch lock (a row lock on PostgreSQL; SQLite's transactions already hold
-    the write lock), count the turn, and read the clock."""
-    turn = cur.execute("UPDATE dispatch SET value = value + 1 WHERE name = 'turns' "
-                       "RETURNING value").fetchone()
-    clock = cur.execute("SELECT value FROM dispatch WHERE name = 'clock'").fetchone()
-    assert turn is not None and clock is not None, "dispatch rows missing: run `bemq migrate`"
-    return float(clock[0]), int(turn[0])
-
-
-def _refill(cur: Cursor, window: Window, now: float) -> tuple[str, ...]:
-    live = cur.execute(
-        "SELECT COUNT(*) FROM workers WHERE last_seen > ? AND (',' || queues || ',') LIKE ?",
+    the write lock), count the turn, and read the clock and the window, in one statement."""
+    row = cur.execute(
+        "UPDATE dispatch SET value = value + 1 WHERE name = 'turns' RETURNING value, "
+        "(SELECT value FROM dispatch WHERE name = 'clock'), (SELECT COUNT(*) FROM workers "
+        "WHERE last_seen > ? AND (',' || queues || ',') LIKE ?), "
+        "(SELECT COUNT(*) FROM dispatch_tokens)",
         (now - window.live_within, "%,gpu,%"),
     ).fetchone()
-    size = window.per_worker * max(1, int(live[0]) if live else 0)
+    assert row is not None and row[1] is not None, "dispatch rows missing: run `bemq migrate`"
+    return _Turn(int(row[0]), float(row[1]), window.per_worker * max(1, int(row[2])),
+                 int(row[3]))
+
+
+def _refill(cur: Cursor, turn: _Turn, now: float) -> tuple[str, ...]:
+    """Insert (and return) the dispatch messages missing from the window: one for each ready
+    micro-batch, up to the window's size, less those already out."""
+    size, held = turn.size, turn.held
+    if held >= size:
+        return ()
     ready = cur.execute(
         "SELECT COUNT(*) FROM (SELECT 1 FROM micro_batches WHERE state = ? "
-        "AND (not_before IS NULL OR not_before <= ?) LIMIT ?) ready",
-        (QUEUED, now, size),
+        "AND (not_before IS NULL OR not_before <= ?) LIMIT ?) ready", (QUEUED, now, size),
     ).fetchone()
-    held = cur.execute("SELECT COUNT(*) FROM dispatch_tokens").fetchone()
-    missing = min(size, int(ready[0]) if ready else 0) - (int(held[0]) if held else 0)
+    missing = min(size, int(ready[0]) if ready else 0) - held
     tokens = tuple(uuid.uuid4().hex for _ in range(max(0, missing)))
     if tokens:
         cur.executemany("INSERT INTO dispatch_tokens (id, due_at) VALUES (?, ?)",
