@@ -34,7 +34,7 @@ class Candidate:
     job_id: str
     tenant: str
     priority: int
-    created_at: int
+    queued_at: float  # when its micro-batches were stored (arrival order)
     dispatched_at: float | None  # when one of its micro-batches last went out
 
 
@@ -52,7 +52,7 @@ def choose(candidates: Sequence[Candidate], order: DispatchOrder, clock: float,
     if not candidates:
         return None
     if order == DispatchOrder.ARRIVAL:
-        job = min(candidates, key=lambda c: (c.created_at, c.job_id))
+        job = min(candidates, key=lambda c: (c.queued_at, c.job_id))
         return Choice(job.job_id, job.tenant, clock)
     start = {c.tenant: max(passes.get(c.tenant, 0.0), clock) for c in candidates}
     tenant = min(start, key=lambda t: (start[t], t))
@@ -60,7 +60,7 @@ def choose(candidates: Sequence[Candidate], order: DispatchOrder, clock: float,
     top = max(c.priority for c in own)
     job = min((c for c in own if c.priority == top),
               key=lambda c: (c.dispatched_at is not None, c.dispatched_at or 0.0,
-                             c.created_at, c.job_id))
+                             c.queued_at, c.job_id))
     return Choice(job.job_id, tenant, start[tenant])
 
 

@@ -114,3 +114,31 @@ def test_unreachable_store_is_one_readable_line(tmp_path: Path) -> None:
     result = bemq(env, "status", "batch_x")
     assert result.returncode == 1
     assert result.stderr.startswith("error: StoreUnavailable: PostgreSQL unreachable")
+
+
+def test_tenant_weights_priority_and_every_tenants_jobs(tmp_path: Path) -> None:
+    """An operator sets a weight and lists tenants; a submitted --priority reaches the job and
+    `jobs --all-tenants` shows every tenant's jobs with tenant and priority (no worker runs:
+    the work stays queued and the queue shows in `tenants list`); bad values are refused with
+    one line naming the argument."""
+    env = embedded_env(tmp_path / "var") | {"COLUMNS": "200"}
+    rows = write_jsonl(tmp_path / "in.jsonl", request_lines(["one", "two", "three"]))
+    set_weight = bemq(env, "tenants", "set-weight", "search", "3")
+    assert set_weight.returncode == 0 and "search: weight 3" in set_weight.stdout
+    first = bemq(env, "--tenant", "search", "submit", str(rows), "--priority", "7")
+    second = bemq(env, "--tenant", "ads", "submit", str(rows))
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    with Client(settings_for(env)) as client:
+        job = client.store.get_job(first.stdout.split()[0])
+    assert job is not None and job.priority == 7 and job.metadata == {"priority": "7"}
+    listed = bemq(env, "tenants", "list").stdout
+    assert any(line.split("│")[1:3] == [" search ", " 3      "] and " 3 " in line
+               for line in listed.splitlines() if "search" in line), listed
+    everyone = bemq(env, "jobs", "--all-tenants").stdout
+    assert first.stdout.split()[0] in everyone and second.stdout.split()[0] in everyone
+    assert "ads" in everyone and "search" in everyone
+    assert second.stdout.split()[0] not in bemq(env, "--tenant", "search", "jobs").stdout
+    bad = bemq(env, "tenants", "set-weight", "search", "0")
+    assert bad.returncode != 0 and "WEIGHT" in bad.stderr
+    bad = bemq(env, "submit", str(rows), "--priority", "101")
+    assert bad.returncode != 0 and "--priority" in bad.stderr

@@ -271,6 +271,10 @@ def test_oversize_bodies_get_413_and_bad_input_400(deployment: dict) -> None:
         api.batches.create(input_file_id=bad.id, endpoint="/v1/embeddings",
                            completion_window="24h")
     assert err.value.body["param"] == "input_file_id"
+    with pytest.raises(openai.BadRequestError, match="from -100 to 100") as err:
+        api.batches.create(input_file_id=bad.id, endpoint="/v1/embeddings",
+                           completion_window="24h", metadata={"priority": "urgent"})
+    assert err.value.body["param"] == "metadata.priority"
     wrong = httpx.post(deployment["gateway"].url + "/v1/batches", headers=auth,
                        json={"input_file_id": bad.id, "endpoint": "/v1/chat/completions",
                              "completion_window": "24h"})

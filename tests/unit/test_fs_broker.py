@@ -3,6 +3,7 @@ written (or left by a writer killed mid-write) is never read."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,16 @@ def connection(folder: Path) -> Connection:
 
 
 def test_a_partial_message_file_is_skipped_and_whole_ones_delivered(tmp_path: Path) -> None:
+    # kombu keeps the filesystem transport's bindings per process, not per folder: a queue
+    # name no other test used gets its binding written to this folder.
+    name = f"q{uuid.uuid4().hex[:8]}"
     with connection(tmp_path) as conn:
-        simple = conn.SimpleQueue("gpu")
+        simple = conn.SimpleQueue(name)
         # What a writer killed mid-write leaves, named before every real message.
-        (tmp_path / "0_dead-writer.gpu.msg.partial").write_bytes(b'{"body": "trunc')
+        (tmp_path / f"0_dead-writer.{name}.msg.partial").write_bytes(b'{"body": "trunc')
         for n in range(3):
             simple.put({"n": n})
-        assert [p.name for p in tmp_path.glob("*.partial")] == ["0_dead-writer.gpu.msg.partial"]
+        assert [p.name for p in tmp_path.glob("*.partial")] == [f"0_dead-writer.{name}.msg.partial"]
         got = []
         for _ in range(3):
             message = simple.get(timeout=5)
