@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from ops import apikeys
-from ops.store import ClaimOutcome, Store, migrations, open_store
+from ops.fairshare import DispatchOrder
+from ops.store import ClaimOutcome, Store, Window, migrations, open_store
 from ops.store.migrations import SchemaMismatch
 from schemas.batch import JobStatus
 from tests.conftest import embedded_env
@@ -132,6 +133,11 @@ def test_v3_store_upgrades_with_every_row_kept_and_usable(store_url: str) -> Non
         assert [i.custom_id for i in claim.micro_batch.items] == ["a"]
         assert store.complete("batch_old", 0, 1, 0).first
         assert store.get_job("batch_old").request_counts.completed == 1
+        # Work queued before dispatch messages existed is dispatched from the store.
+        window = Window(per_worker=2, live_within=15)
+        token, = store.top_up(window)
+        nxt = store.claim_next(token, "w", 60, 3, DispatchOrder.SHARE, window)
+        assert nxt.outcome == ClaimOutcome.RUN and nxt.micro_batch.seq == 1  # type: ignore[union-attr]
         found = store.get_file("file-out", tenant="acme")
         assert found is not None and found[1] == "files/file-out"
         assert store.get_adapter("support-v1").rank == 8

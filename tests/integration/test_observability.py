@@ -136,6 +136,7 @@ scrape_configs:
         return body["data"]["result"]
 
     try:
+        client.store.set_tenant_weight(client.tenant, 2)  # listed even with nothing queued
         run_job(client)
         httpx.post(gateway.url + "/v1/embeddings", json={"model": "minilm", "input": "hi"},
                    headers={"Authorization": f"Bearer {key}"}, timeout=30).raise_for_status()
@@ -154,6 +155,9 @@ scrape_configs:
         assert until(lambda: query('bem_jobs{status="completed"} >= 1'), 30, "bem_jobs")
         assert until(lambda: query('bem_workers_alive{queue="gpu"} >= 1'), 30, "workers")
         assert query('bem_queue_depth{queue="gpu"}'), "queue depth is exported"
+        assert query(f'bem_tenant_queued_items{{tenant="{client.tenant}"}} == 0'), \
+            "per-tenant queue"
+        assert query(f'bem_tenant_oldest_queued_seconds{{tenant="{client.tenant}"}} == 0')
     finally:
         server.terminate()
         server.wait(20)
