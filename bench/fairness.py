@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -34,8 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console
-from rich.table import Table
 
+from bench.report import report
 from producers.client import Client
 from producers.corpus import sentences
 from producers.local_worker import LocalWorker
@@ -164,15 +163,9 @@ def main() -> int:
     figures["fair_throughput_ratio"] = (figures["fair_items_per_s"]
                                         / figures["arrival_items_per_s"])
 
-    table = Table("figure", "value", "target", title="bench/fairness.py (one worker, real model)")
-    targets = {"small_job_wait_ratio": "≤ 3", "share_error": "≤ 0.05",
-               "fair_throughput_ratio": "≥ 0.97"}
-    for name, value in figures.items():
-        table.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value),
-                      targets.get(name, ""))
-    Console().print(table)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    report(args.json, figures, "bench/fairness.py (one worker, real model)",
+           {"small_job_wait_ratio": "≤ 3", "share_error": "≤ 0.05",
+            "fair_throughput_ratio": "≥ 0.97"})
     return 0
 
 

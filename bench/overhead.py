@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 from rich.console import Console
-from rich.table import Table
 
 from bench.online import start_gateway
+from bench.report import report
 from ops import apikeys
 from ops.models import model_files
 from ops.settings import Settings
@@ -361,12 +361,7 @@ def main() -> int:
         services.drop_database(pg)
         services.drop_prefix(services.redis_client(), prefix)
 
-    table = Table("figure", "value", title="host path (bench/overhead.py)")
-    for name, value in results.items():
-        table.add_row(name, f"{value:,.3f}" if isinstance(value, float) else str(value))
-    Console().print(table)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    report(args.json, results, "host path (bench/overhead.py)")
     return 0
 
 
