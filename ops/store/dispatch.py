@@ -112,8 +112,9 @@ class DispatchRecords(Transactional):
         # micro-batch's stamp, finer than the job's whole seconds), its first ready
         # micro-batch, and the standing of the job and its tenant.
         rows = cur.execute(
-            "SELECT * FROM (SELECT j.id, j.tenant, j.priority, (SELECT enqueued_at FROM "
-            "micro_batches WHERE job_id = j.id AND seq = 0), j.dispatched_at, "
+            "SELECT * FROM (SELECT j.id, j.tenant, j.priority, COALESCE((SELECT enqueued_at "
+            "FROM micro_batches WHERE job_id = j.id AND seq = 0), j.created_at), "
+            "j.dispatched_at, "
             "COALESCE(s.pass, 0), COALESCE(t.weight, 1), (SELECT MIN(mb.seq) FROM micro_batches "
             "mb WHERE mb.job_id = j.id AND mb.state = ? AND (mb.not_before IS NULL OR "
             "mb.not_before <= ?)) AS first FROM jobs j "
