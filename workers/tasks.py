@@ -71,7 +71,7 @@ def send_dispatch(tokens: Sequence[str], countdown: float) -> None:
 
 def _recover_and_schedule(rt: Runtime) -> WorkerSchedule | None:
     """What a GPU worker does for lost work before it takes its first message: forget this
-    host's dead workers and reconcile once, so their micro-batches are re-sent now (a worker
+    host's dead workers and reconcile once, so their micro-batches are queued again now (a worker
     restarted after kill -9 picks up where the dead one stopped); then, where no beat runs them
     (BEMQ_WORKER_SCHEDULE), start the scheduled tasks in this process."""
     rt.forget_dead_neighbours()
