@@ -99,8 +99,11 @@ def two_tenants(env: dict[str, str], items: int, window: int) -> dict[str, float
         jobs = [(c, c.submit_job(sentences(c.model, items, seed=seed)))
                 for c, seed in ((light, 11), (heavy, 12))]
         for client, job in jobs:
-            done = client.wait(job.id, timeout=1800)
+            done = client.wait(job.id, timeout=1800, on_progress=lambda j: console.print(
+                f"  {j.tenant}: {j.request_counts.completed}/{j.request_counts.total}",
+                end="\r"))
             assert done.status == JobStatus.COMPLETED, done.status
+        console.print()
         with light.store.tx() as cur:
             rows = cur.execute(
                 "SELECT j.tenant, mb.rows, mb.claimed_at, mb.completed_at FROM micro_batches mb "
