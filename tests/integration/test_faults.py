@@ -226,7 +226,9 @@ def test_s3_partitioned_mid_job(tmp_path: Path, private_redis: PrivateRedis, mot
             with running(env, client, tmp_path):
                 job = submit_and_start(client, 800, seed=14)
                 proxy.cut()
-                time.sleep(8)
+                # Longer than botocore's standard retries can ride out (5 attempts, up to about
+                # 15 s of backoff between them), so the outage reaches bemq as BlobsUnavailable.
+                time.sleep(20)
                 assert client.status(job.id).output_file_id is None
                 proxy.restore()
                 job = client.wait(job.id, timeout=300)
