@@ -98,7 +98,7 @@ from workers import runner
 from workers.runtime import runtime
 lifecycle.clear_shards = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 rt = runtime()
-for _ in range(int(sys.argv[2])):
+for _ in range(int(sys.argv[1])):
     runner.run(rt, rt.store.add_token(time.time()), lambda tokens, countdown: None)
 """
 
@@ -111,7 +111,7 @@ def test_shards_of_a_process_killed_after_its_files_are_removed_by_reconcile(
     env = embedded_env(tmp_path / "var") | {"BEMQ_MAX_BATCH_SIZE": "16"}
     with Client(settings_for(env)) as client:
         job = client.submit_job(sentences(client.model, 50, seed=3))
-        killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN, job.id,
+        killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN,
                                  str(job.micro_batches)], env=env, capture_output=True,
                                 timeout=180)
         assert killed.returncode == -9, killed.stderr.decode()[-2000:]
