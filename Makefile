@@ -2,18 +2,24 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: install promtool wrk demo test test-fast bench soak check-kernels lint clean
 
+# The runtime alone (what `make demo` needs); the test and benchmark tools on top (`make test`).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(DEV_STAMP)
 
-demo: install
+install: $(DEV_STAMP)
+
+demo: $(STAMP)
 	$(VENV)/bin/bemq demo
 
 # $(call apt-tool,COMMAND,PACKAGE,WHAT-HAPPENS-WITHOUT): as root on Debian, install the package
@@ -51,6 +57,7 @@ bench: install wrk
 	$(PY) bench/online.py --json bench-results/online.json
 	$(PY) bench/recovery.py --json bench-results/recovery.json
 	$(PY) bench/fairness.py --json bench-results/fairness.json
+	$(PY) bench/drift.py --json bench-results/drift.json
 
 soak: install
 	mkdir -p bench-results

@@ -24,6 +24,7 @@ Usage: python bench/soak.py --json PATH [--jobs 200] [--min-seconds 300] [--blob
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ops.blobs import BlobNotFound
 from producers.client import Client
 from producers.corpus import sentences
 from producers.local_worker import LocalWorker
@@ -128,7 +130,11 @@ def store_bytes(client: Client) -> int:
 
 
 def blob_bytes(client: Client) -> int:
-    return sum(client.blobs.size(key) for key in client.blobs.list(""))
+    total = 0
+    for key in client.blobs.list(""):
+        with contextlib.suppress(BlobNotFound):  # removed since the listing (a job's shards)
+            total += client.blobs.size(key)
+    return total
 
 
 def plateau_deviation(samples: list[tuple[float, int]], after: float, until: float
@@ -190,11 +196,11 @@ def main() -> int:
             for w in [*workers, ops]:
                 w.wait_ready(client.store)
             soak = Soak(args, client)
-            threads = [threading.Thread(target=soak.submitter, args=(n,))
+            threads = [threading.Thread(target=soak.submitter, args=(n,), daemon=True)
                        for n in range(args.submitters)]
-            pollers = [threading.Thread(target=soak.poller, args=(args.polls_per_s / 4,))
-                       for _ in range(4)]
-            pollers.append(threading.Thread(target=soak.reader))
+            pollers = [threading.Thread(target=soak.poller, args=(args.polls_per_s / 4,),
+                                        daemon=True) for _ in range(4)]
+            pollers.append(threading.Thread(target=soak.reader, daemon=True))
             for t in [*threads, *pollers]:
                 t.start()
             rss_start: list[float] | None = None

@@ -54,8 +54,8 @@ class BEMContext:
     tokens; rows_by_slot: each used slot's sequence indices; token_slots (S·L,): each token's
     slot, -1 for padding and base-only rows; seq_of_token (S·L,): each token's sequence;
     layout: the fused kernel's row layout; rank_mask (S, R_max) or None: optional dynamic-rank
-    mask per sequence; usage: when given, each site adds its per-slot counts of real tokens by
-    top-1 expert (on the device)."""
+    mask per sequence; usage: when given, each site adds to each slot's (rows, E) counts of
+    every sequence's real tokens by top-1 expert (on the device)."""
 
     seq_slots: torch.Tensor
     mask: torch.Tensor
@@ -169,9 +169,10 @@ class BEMLinear(nn.Module):
             r = site.routing
             g = dispatch.route_chunks(logits, ctx.mask[rows], chunk=r.chunk, tau=r.tau,
                                       causal=r.causal, top_k=r.top_k)
-            if ctx.usage is not None:  # real tokens by top-1 expert; no data-dependent shape
-                counts = torch.zeros(site.experts, dtype=torch.long, device=g.device).index_add_(
-                    0, g.argmax(-1).reshape(-1), ctx.mask[rows].reshape(-1).long())
+            if ctx.usage is not None:  # real tokens by top-1 expert, per sequence
+                top = g.argmax(-1, keepdim=True)  # (n, L, 1)
+                counts = torch.zeros(g.shape, dtype=torch.long, device=g.device).scatter_(
+                    -1, top, ctx.mask[rows].long()[..., None]).sum(1)  # (n, E)
                 ctx.usage[slot] = ctx.usage[slot] + counts if slot in ctx.usage else counts
             c = dispatch.expand_gates(g, site.rank).to(x.dtype)
             out[rows, :, : c.shape[-1]] = c

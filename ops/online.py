@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from ops.settings import Settings
 from ops.store import Store
+from schemas.canary import Arm
 from schemas.microbatch import Item
 
 KEY_QUEUE = "online:queue"
@@ -53,11 +54,16 @@ class OnlineRequest(BaseModel):
     enqueued_at: float
     ids: list[list[int]] | None = None  # each text's token ids, as the gateway measured them
     reply_to: str | None = None  # the list its answer goes to (Redis)
+    # Under a canary rollout (routed by the gateway as batch items are at submit).
+    arm: Arm | None = None
+    canary_id: str | None = None
+    canary_step: int | None = None
 
     def as_item(self) -> Item:
         """The request as the worker embeds it (one item, the request id as its custom_id)."""
         return Item(line=0, custom_id=self.id, texts=self.texts, lengths=self.lengths,
-                    model=self.model, adapter=self.adapter)
+                    model=self.model, adapter=self.adapter, arm=self.arm,
+                    canary_id=self.canary_id, canary_step=self.canary_step)
 
 
 def answer(vectors: np.ndarray, tokens: int) -> dict[str, Any]:

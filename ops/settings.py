@@ -102,8 +102,11 @@ class Settings(BaseSettings):
     canary_min_agreement: float = Field(0.9, ge=-1, le=1)
     canary_confidence: float = Field(0.95, gt=0, lt=1)
     canary_resamples: int = Field(2000, ge=100)
-    canary_probe_rows: int = Field(8, ge=0)
+    canary_probe_rows: int = Field(8, ge=0)  # 0: no latency probes, the latency gate is skipped
     canary_min_probes: int = Field(10, ge=2)
+    # Seconds a step may hold without a verdict (too few samples, or a gate inconclusive)
+    # before the canary is rolled back for it.
+    canary_max_hold: float = Field(86400.0, gt=0)
     safety_norm_min: float = Field(0.1, ge=0)
     safety_norm_max: float = Field(1000.0, gt=0)
 
@@ -116,7 +119,9 @@ class Settings(BaseSettings):
     drift_psi_severe: float = Field(0.25, gt=0)
     drift_min_effect: float = Field(0.1, gt=0, le=1)
     drift_components: int = Field(10, ge=1)
-    drift_embeddings_per_batch: int = Field(4, ge=0)
+    # Share of outputs whose vector a worker keeps for the embedding test, each drawn on its
+    # own (so a window's vectors are independent draws, whatever the micro-batches).
+    drift_embedding_rate: float = Field(0.02, ge=0, le=1)
 
     # Online requests (`POST /v1/embeddings`): dynamic batching in the worker, and how many
     # online forwards in a row may pass a waiting batch-job forward.
@@ -202,6 +207,11 @@ class Settings(BaseSettings):
             raise ValueError("BEMQ_TASK_SOFT_TIME_LIMIT must be below BEMQ_TASK_TIME_LIMIT")
         if self.safety_norm_min >= self.safety_norm_max:
             raise ValueError("BEMQ_SAFETY_NORM_MIN must be below BEMQ_SAFETY_NORM_MAX")
+        if self.canary_probe_rows == 0 and self.canary_shadow_fraction == 0:
+            raise ValueError(
+                "BEMQ_CANARY_PROBE_ROWS=0 with BEMQ_CANARY_SHADOW_FRACTION=0 leaves a canary no "
+                "gate that compares it with stable (only errors and unsafe outputs would count, "
+                "so wrong but well-formed outputs would promote): keep one of them on")
         return self
 
     @property

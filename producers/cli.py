@@ -72,11 +72,14 @@ def worker(queues: str, devices: str, concurrency: int, beat: bool, loglevel: st
 @click.option("--priority", type=click.IntRange(-100, 100), default=None,
               help="order among this tenant's own jobs, higher first (default 0; "
                    "sets metadata priority)")
+@click.option("--truncate", is_flag=True,
+              help="cut inputs over the model's max_seq_length instead of refusing them, on "
+                   "every line that does not set body.truncate itself")
 @click.option("--wait", "wait_", is_flag=True, help="wait with a progress bar")
 @click.pass_context
 def submit(ctx: click.Context, path: str, metadata: tuple[str, ...], completion_window: str,
            expires_after: int | None, output_expires_after: int | None,
-           priority: int | None, wait_: bool) -> None:
+           priority: int | None, truncate: bool, wait_: bool) -> None:
     """Submit a JSONL batch file (OpenAI batch line format); prints the job id."""
     meta = {}
     for pair in metadata:
@@ -87,7 +90,8 @@ def submit(ctx: click.Context, path: str, metadata: tuple[str, ...], completion_
     with client_for(ctx) as client:
         job = client.submit_job(path, metadata=meta or None, completion_window=completion_window,
                                 expires_after=expires_after,
-                                output_expires_after=output_expires_after, priority=priority)
+                                output_expires_after=output_expires_after, priority=priority,
+                                truncate=truncate)
         click.echo(job.id)
         if wait_:
             _wait(client, job.id, None)

@@ -21,7 +21,7 @@ from ops.settings import Settings, load_settings, parse_steps
 from ops.store import migrations, open_store
 from producers.client import Client
 from producers.progress import when
-from schemas.canary import Canary
+from schemas.canary import Canary, CanaryState
 
 
 def client_for(ctx: click.Context) -> Client:
@@ -90,7 +90,9 @@ def canary_status(ctx: click.Context, canary_id: str | None, as_json: bool) -> N
                   title="canaries")
     table.add_column("id", no_wrap=True)
     for c in rows:
-        table.add_row(f"{c.stable} → {c.canary}", c.state.value, f"{c.weight:g}",
+        weight = f"{c.serving_weight:g}" + (f" (resumes at {c.weight:g})"
+                                            if c.state == CanaryState.PAUSED else "")
+        table.add_row(f"{c.stable} → {c.canary}", c.state.value, weight,
                       f"{c.step + 1}/{len(c.steps)}", when(c.started_at), c.reason or "", c.id)
     console.print(table)
     if shown is not None:
@@ -171,13 +173,14 @@ def _numbers(numbers: dict[str, Any]) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     lines = [f"{k}={fmt(v)}" for k, v in numbers.items() if not isinstance(v, list | dict)]
-    if "ks_statistic" in numbers and isinstance(numbers["ks_statistic"], list):
-        lines += [f"flagged PCs={numbers['flagged']}",
-                  f"max ks={fmt(max(numbers['ks_statistic']))}",
-                  f"min p (BH)={fmt(min(numbers['p_adjusted']))}"]
     for name, a in numbers.get("adapters", {}).items():
-        lines.append(f"{name}: chi2={fmt(a['chi2'])} p={fmt(a['p_value'])} "
-                     f"V={fmt(a['cramers_v'])}")
+        name = name or "(base)"
+        if "ks_statistic" in a:  # embeddings
+            lines.append(f"{name}: flagged PCs={a['flagged']} max ks="
+                         f"{fmt(max(a['ks_statistic']))} min p (BH)={fmt(min(a['p_adjusted']))}")
+        else:  # expert usage
+            lines.append(f"{name}: chi2={fmt(a['chi2'])} p={fmt(a['p_value'])} "
+                         f"V={fmt(a['cramers_v'])}")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ops import adapters
 from ops.blobs import BlobNotFound, open_blobs
+from ops.canary.routing import route
 from ops.keys import file_key, new_file_id, new_job_id
 from ops.lifecycle import finalize
 from ops.models import model_files
@@ -25,10 +26,9 @@ from ops.settings import Settings, load_settings
 from ops.store import open_store
 from producers.broker import BrokerUnavailable, send_dispatch
 from producers.packing import pack
-from producers.routing import route
 from producers.validate import gc_paused, validate_jsonl
 from schemas.adapters import AdapterRecord
-from schemas.batch import BatchErrors, FileObject, Job, JobStatus, job_priority
+from schemas.batch import BatchErrors, EmbeddingBody, FileObject, Job, JobStatus, job_priority
 from schemas.constants import COMPLETION_WINDOWS, ENDPOINT_EMBEDDINGS
 from schemas.microbatch import MicroBatch, MicroBatchState
 from schemas.tokens import pack_ids
@@ -36,6 +36,8 @@ from schemas.tokens import pack_ids
 log = logging.getLogger(__name__)
 
 ItemsLike = str | os.PathLike[str] | bytes | Iterable[str | dict[str, Any]]
+# A short-form item: `custom_id` and the fields of a request line's `body`.
+SHORT_FORM_KEYS = frozenset({"custom_id", *EmbeddingBody.model_fields})
 
 
 class NotFound(LookupError):
@@ -154,9 +156,13 @@ class Client:
     def submit_job(self, items: ItemsLike, *, model: str | None = None,
                    metadata: dict[str, str] | None = None, completion_window: str = "24h",
                    expires_after: int | None = None,
-                   output_expires_after: int | None = None, priority: int | None = None) -> Job:
-        """Submit a JSONL path, raw JSONL bytes, or a list of texts / request dicts; the
-        uploaded input file lives `expires_after` seconds (see `upload_file`).
+                   output_expires_after: int | None = None, priority: int | None = None,
+                   truncate: bool = False) -> Job:
+        """Submit a JSONL path, raw JSONL bytes, or a list of texts / request dicts (full
+        request lines, or the short form: `custom_id` and any `body` field, such as
+        `{"custom_id": "a", "input": text, "truncate": True}`); the uploaded input file lives
+        `expires_after` seconds (see `upload_file`). `truncate`: cut over-long inputs of
+        lines that do not say (see `create_batch`).
 
         Raises `InvalidBatch` (carrying the failed job) when validation finds errors."""
         data, filename = self._input_bytes(items, model or self.settings.model_name)
@@ -164,18 +170,20 @@ class Client:
         upload = self.upload_file(data, filename, expires_after=expires_after)
         return self.create_batch(upload.id, metadata=metadata,
                                  completion_window=completion_window,
-                                 output_expires_after=output_expires_after)
+                                 output_expires_after=output_expires_after, truncate=truncate)
 
     def create_batch(self, input_file_id: str, *, endpoint: str = ENDPOINT_EMBEDDINGS,
                      completion_window: str = "24h",
                      metadata: dict[str, str] | None = None,
                      output_expires_after: int | None = None,
-                     priority: int | None = None) -> Job:
+                     priority: int | None = None, truncate: bool = False) -> Job:
         """Validate the input file and enqueue its items. The job's output and error files
         expire `output_expires_after` seconds after they are written (default:
         BEMQ_RETAIN_OUTPUT_FILES; 0 there keeps them until deleted). `priority` (or
         `metadata["priority"]`, -100 to 100, default 0) orders this tenant's own jobs: higher
-        first; it never takes work from another tenant's share."""
+        first; it never takes work from another tenant's share. `truncate=True` cuts inputs
+        over the model's `max_seq_length` on every line that does not set `body.truncate`
+        itself (the default, as OpenAI's API, refuses them)."""
         if endpoint != ENDPOINT_EMBEDDINGS:
             raise ValueError(f"endpoint: only {ENDPOINT_EMBEDDINGS} is served, got {endpoint!r}")
         if completion_window not in COMPLETION_WINDOWS:
@@ -197,7 +205,8 @@ class Client:
         check = validate_jsonl(self.blobs.get(input_key), model=self.model,
                                served=cfg.model_name, max_lines=cfg.max_lines,
                                max_bytes=cfg.max_file_bytes,
-                               known_adapters=frozenset(a.name for a in self.adapters()))
+                               known_adapters=frozenset(a.name for a in self.adapters()),
+                               truncate=truncate)
         if check.errors:
             self.store.fail_job(job.id, BatchErrors(data=check.errors))
             raise InvalidBatch(self.status(job.id))
@@ -288,9 +297,14 @@ class Client:
             if isinstance(entry, str):
                 entry = {"custom_id": f"item-{i}", "input": entry}
             if "body" not in entry:
+                unknown = sorted(set(entry) - SHORT_FORM_KEYS)
+                if unknown:
+                    raise ValueError(
+                        f"items[{i}]: unknown key {unknown[0]!r}; a short-form item takes "
+                        f"{', '.join(sorted(SHORT_FORM_KEYS))} (or give a whole request line)")
+                body = {k: v for k, v in entry.items() if k != "custom_id"}
                 entry = {"custom_id": entry.get("custom_id", f"item-{i}"), "method": "POST",
-                         "url": ENDPOINT_EMBEDDINGS,
-                         "body": {"model": entry.get("model", model), "input": entry.get("input")}}
+                         "url": ENDPOINT_EMBEDDINGS, "body": {"model": model, **body}}
             lines.append(json.dumps(entry))
         return ("\n".join(lines) + "\n").encode(), "items.jsonl"
 

@@ -38,10 +38,13 @@ class Validation:
 
 
 def validate_jsonl(data: bytes, *, model: ModelFiles, served: str, max_lines: int,
-                   max_bytes: int, known_adapters: frozenset[str] | None = None) -> Validation:
+                   max_bytes: int, known_adapters: frozenset[str] | None = None,
+                   truncate: bool = False) -> Validation:
     """Parse and check an OpenAI-style batch file; items come back with token lengths.
 
-    `known_adapters=None` accepts any adapter name (checked later by the worker)."""
+    `known_adapters=None` accepts any adapter name (checked later by the worker). `truncate`:
+    whether a line that does not set `body.truncate` cuts over-long inputs (the job's default;
+    a line's own setting wins)."""
     result = Validation(items=[], errors=[])
     if len(data) > max_bytes:
         result.add("file_too_large", f"input is {len(data)} bytes; the limit is {max_bytes}")
@@ -57,12 +60,12 @@ def validate_jsonl(data: bytes, *, model: ModelFiles, served: str, max_lines: in
         return result
 
     with gc_paused():  # a file's worth of short-lived objects: no collection midway
-        _check_lines(result, numbered, model, served, known_adapters)
+        _check_lines(result, numbered, model, served, known_adapters, truncate)
     return result
 
 
 def _check_lines(result: Validation, numbered: list[tuple[int, bytes]], model: ModelFiles,
-                 served: str, known_adapters: frozenset[str] | None) -> None:
+                 served: str, known_adapters: frozenset[str] | None, truncate: bool) -> None:
     seen: dict[str, int] = {}
     parsed: list[tuple[int, InputLine, str | None]] = []
     for n, raw in numbered:
@@ -82,7 +85,7 @@ def _check_lines(result: Validation, numbered: list[tuple[int, bytes]], model: M
             result.add("model_not_found", str(exc), n, "body.model")
             continue
         parsed.append((n, line, adapter))
-    _measure(result, parsed, model)
+    _measure(result, parsed, model, truncate)
 
 
 @contextlib.contextmanager
@@ -152,10 +155,10 @@ def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:
 
 
 def _measure(result: Validation, parsed: list[tuple[int, InputLine, str | None]],
-             model: ModelFiles) -> None:
+             model: ModelFiles, truncate: bool) -> None:
     """Token ids and lengths (special tokens included) for every text, in one tokenizer call;
-    texts over the limit that ask to be cut are tokenized again with truncation, as the model's
-    own tokenizer cuts them."""
+    texts over the limit that ask to be cut (the line's `body.truncate`, else the job's
+    `truncate`) are tokenized again with truncation, as the model's own tokenizer cuts them."""
     all_ids = token_ids(model, [t for _, line, _ in parsed for t in line.body.texts])
     limit = model.max_seq_length
     pos = 0
@@ -166,7 +169,8 @@ def _measure(result: Validation, parsed: list[tuple[int, InputLine, str | None]]
         lengths = [len(row) for row in ids]
         pos += count
         too_long = [i for i, length in enumerate(lengths) if length > limit]
-        if too_long and not line.body.truncate:
+        cuts = line.body.truncate if "truncate" in line.body.model_fields_set else truncate
+        if too_long and not cuts:
             i = too_long[0]
             field = "body.input" if isinstance(line.body.input, str) else f"body.input.{i}"
             result.add("context_length_exceeded",
@@ -175,7 +179,7 @@ def _measure(result: Validation, parsed: list[tuple[int, InputLine, str | None]]
             continue
         result.items.append(Item(
             line=n, custom_id=line.custom_id, texts=line.body.texts,
-            lengths=[min(length, limit) for length in lengths], truncate=line.body.truncate,
+            lengths=[min(length, limit) for length in lengths], truncate=cuts,
             model=line.body.model, adapter=adapter,
         ))
         result.ids[n] = ids

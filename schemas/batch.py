@@ -10,6 +10,7 @@ import enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from schemas.constants import ENDPOINT_EMBEDDINGS
 
@@ -45,6 +46,31 @@ STATUS_TIMESTAMP = {
 }
 
 
+MAX_INPUT_TEXTS = 2048  # texts in one request's `input`, as OpenAI's embeddings API
+INPUT_RULE = f"must be a non-empty text or a list of 1 to {MAX_INPUT_TEXTS:,} non-empty texts"
+
+
+def check_input(value: Any) -> Any:
+    """`input` of an embeddings request, checked before its type: a union's own errors name
+    each member it failed ("Input should be a valid string" for an empty list), not the rule
+    the value broke; this names the rule and what broke it."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise PydanticCustomError("invalid_input", f"{INPUT_RULE}; got an empty text")
+        return value
+    if not isinstance(value, list):
+        raise PydanticCustomError("invalid_input",
+                                  f"{INPUT_RULE}; got {type(value).__name__}")
+    if not 1 <= len(value) <= MAX_INPUT_TEXTS:
+        raise PydanticCustomError("invalid_input",
+                                  f"{INPUT_RULE}; got a list of {len(value):,}")
+    for i, text in enumerate(value):
+        if not isinstance(text, str) or not text.strip():
+            what = "an empty text" if isinstance(text, str) else type(text).__name__
+            raise PydanticCustomError("invalid_input", f"{INPUT_RULE}; item {i} is {what}")
+    return value
+
+
 class EmbeddingBody(BaseModel):
     """`body` of an embeddings request line; `truncate` is ours: cut over-long inputs instead of
     failing them."""
@@ -56,16 +82,7 @@ class EmbeddingBody(BaseModel):
     truncate: bool = False
     encoding_format: Literal["float"] = "float"
 
-    @field_validator("input")
-    @classmethod
-    def _non_empty(cls, value: str | list[str]) -> str | list[str]:
-        texts = [value] if isinstance(value, str) else value
-        if not texts:
-            raise ValueError("must not be an empty list")
-        for text in texts:
-            if not text.strip():
-                raise ValueError("must not be empty or only whitespace")
-        return value
+    _input_rule = field_validator("input", mode="before")(check_input)
 
     @property
     def texts(self) -> list[str]:

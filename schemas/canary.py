@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 class CanaryState(enum.StrEnum):
     RUNNING = "running"
-    PAUSED = "paused"  # held by severe drift; no verdict until resumed
+    PAUSED = "paused"  # held by severe drift: weight 0, no advance; a failing gate rolls back
     PROMOTED = "promoted"  # the canary serves every item that asks for stable
     ROLLED_BACK = "rolled_back"  # a gate failed: weight 0
     ABORTED = "aborted"  # stopped by an operator: weight 0
@@ -57,6 +57,14 @@ class Canary(BaseModel):
     step_started_at: float
     ended_at: float | None = None
     reason: str | None = None
+
+    @property
+    def serving_weight(self) -> float:
+        """The share of stable's items the canary serves now (0 while paused; it resumes at
+        `weight`)."""
+        if self.state == CanaryState.PROMOTED:
+            return 100.0
+        return self.weight if self.state == CanaryState.RUNNING else 0.0
 
 
 class DecisionRecord(BaseModel):

@@ -1,18 +1,23 @@
 """The online server in a GPU worker: a thread that pops dynamically batched `/v1/embeddings`
 requests and answers each, sharing the model with batch jobs through the forward gate (online
-first, batch jobs never starved)."""
+first, batch jobs never starved). Requests under a canary rollout count in its gates as batch
+items do."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 
+import numpy as np
 import torch
 
+from ops.canary import routing
 from ops.online import OnlineQueue, OnlineRequest, answer, open_queue
 from schemas import tokens
+from schemas.microbatch import Item
 from workers import outcomes
-from workers.runner import embed_items, item_rows
+from workers.runner import embed_items, item_rows, latency_probe
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -43,28 +48,34 @@ class OnlineServer:
             max_delay=cfg.online_max_queue_delay_ms / 1000, block=block,
             stale_after=cfg.online_timeout_seconds)
         if batch:
-            self.queue.put_results(list(zip(batch, self._embed(batch), strict=True)))
+            answers, rollout = self._embed(batch)
+            self.queue.put_results(list(zip(batch, answers, strict=True)))
+            if rollout is not None:  # after the answers went out: no request waits for it
+                self._sample(rollout)
         return len(batch)
 
-    def _embed(self, batch: list[OnlineRequest]) -> list[dict]:
+    def _embed(self, batch: list[OnlineRequest]) -> tuple[list[dict], Rollout | None]:
         """Answers in order; a request the model fails on is isolated by the same bisection
-        as batch jobs, so it alone gets an error."""
+        as batch jobs, so it alone gets an error. Requests under a canary rollout are confirmed
+        on their arm first, and come back as a `Rollout` for the canary's gates."""
         cfg = self.rt.settings
-
         items = [r.as_item() for r in batch]
+        canary_ids = sorted({i.canary_id for i in items if i.canary_id is not None})
+        if canary_ids:
+            items = routing.at_run(items, self.rt.store.canaries_by_id(canary_ids))
         if all(r.ids is not None for r in batch):  # measured by the gateway: not again here
             lengths, ids = tokens.from_rows([row for r in batch for row in r.ids or ()])
         else:
             lengths, ids = self.rt.tokenize([t for item in items for t in item.texts])
-        entries = list(zip(items, item_rows(items), strict=True))
+        rows = item_rows(items)
 
-        def embed(rows: list[int], adapters: list[str | None]) -> torch.Tensor:
-            sub_lengths, sub_ids = tokens.select_rows(lengths, ids, rows)
+        def embed(picked: list[int], adapters: list[str | None]) -> torch.Tensor:
+            sub_lengths, sub_ids = tokens.select_rows(lengths, ids, picked)
             return self.rt.embed_tokens(sub_lengths, sub_ids, adapters, normalize=False,
                                         online=True)
 
         answers = []
-        results = embed_items(embed, entries)
+        results = embed_items(embed, list(zip(items, rows, strict=True)))
         checked = outcomes.check([value for _, value in results], cfg)
         outcomes.record(cfg.model_name, items, checked)
         for item, result in zip(items, checked, strict=True):
@@ -75,4 +86,23 @@ class OnlineServer:
             else:
                 assert not isinstance(result, str) and result.vectors is not None
                 answers.append(answer(result.vectors, sum(item.lengths)))
-        return answers
+        routed = any(item.canary_id is not None for item in items)
+        return answers, Rollout(items, rows, lengths, ids, checked) if routed else None
+
+    def _sample(self, r: Rollout) -> None:
+        """The rollout's samples, as batch items give them: error, safety violation and, for
+        a batch holding both arms, a paired latency probe (no shadow: it would delay the
+        answers)."""
+        probe = latency_probe(self.rt, r.items, r.rows, r.lengths, r.ids)
+        self.rt.store.add_samples(outcomes.samples(r.items, r.checked, {}, probe))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """An online batch's requests under a canary, with what their samples need."""
+
+    items: list[Item]
+    rows: list[list[int]]
+    lengths: np.ndarray
+    ids: np.ndarray
+    checked: list[outcomes.Checked | str]

@@ -109,18 +109,37 @@ def samples(items: Sequence[Item], checked: Sequence[Checked | str],
     return out
 
 
-def features(model: str, items: Sequence[Item], vectors: Sequence[np.ndarray],
-             usage: dict[str, torch.Tensor], per_batch: int) -> list[Feature]:
-    """This micro-batch's drift sample: every text's token length, up to `per_batch` of its
-    output vectors chosen at random (weighted by how many each stands for, so that a window's
-    read is uniform over outputs), and each adapter's expert counts."""
-    out = [Feature(model, "lengths", [n for item in items for n in item.lengths])]
-    total = sum(v.shape[0] for v in vectors)
-    if total and per_batch:
-        picked = random.sample(range(total), min(per_batch, total))
-        rows = np.concatenate(vectors)[picked]
-        out.append(Feature(model, "embeddings", rows.round(5).tolist(),
-                           weight=total / len(picked)))
-    out += [Feature(model, "experts", counts.tolist(), adapter=name)
-            for name, counts in sorted(usage.items())]
+# Sequences whose expert usage one micro-batch records per adapter, at most (drawn at random;
+# the row's weight says how many each stands for).
+USAGE_SEQUENCES_PER_BATCH = 64
+
+
+def features(model: str, job_id: str, items: Sequence[Item],
+             served: Sequence[tuple[str, np.ndarray]], usage: dict[str, list[torch.Tensor]],
+             embedding_rate: float) -> list[Feature]:
+    """This micro-batch's drift sample, counted once its job completes: every text's token
+    length; per serving adapter ("" = base), each output vector with probability
+    `embedding_rate` (independent draws, so a window's vectors are independent whatever the
+    micro-batches; a row's weight is its vector count); and per adapter, the top-1 expert
+    counts of up to `USAGE_SEQUENCES_PER_BATCH` sequences drawn at random (one row of E counts
+    each: the sequence, not the token, is the unit the usage test treats as independent,
+    weighted by how many sequences each stands for)."""
+    out = [Feature(model, "lengths", [n for item in items for n in item.lengths],
+                   job_id=job_id)]
+    by_adapter: dict[str, list[np.ndarray]] = {}
+    for adapter, vectors in served:
+        by_adapter.setdefault(adapter, []).append(vectors)
+    for adapter, parts in sorted(by_adapter.items()):
+        rows = np.concatenate(parts)
+        kept = rows[np.random.default_rng().random(len(rows)) < embedding_rate]
+        if len(kept):
+            out.append(Feature(model, "embeddings", kept.round(5).tolist(), adapter=adapter,
+                               weight=float(len(kept)), job_id=job_id))
+    for adapter, counts in sorted(usage.items()):
+        per_sequence = torch.cat(counts).numpy()
+        if len(per_sequence):
+            picked = random.sample(range(len(per_sequence)),
+                                   min(USAGE_SEQUENCES_PER_BATCH, len(per_sequence)))
+            out.append(Feature(model, "experts", per_sequence[picked].tolist(), adapter=adapter,
+                               weight=len(per_sequence) / len(picked), job_id=job_id))
     return out

@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from ops import metrics
 from ops.blobs import BlobsUnavailable
+from ops.canary import routing
 from ops.fairshare import DispatchOrder
 from ops.keys import request_id, shard_key
 from ops.lifecycle import finalize
@@ -64,7 +65,7 @@ class Extras:
 
     shadows: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     probe: tuple[float, float] | None = None
-    usage: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    usage: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
 
 
 def run(rt: Runtime, token: str, send: Send) -> str:
@@ -100,6 +101,9 @@ def claim(rt: Runtime, token: str, send: Send) -> Work | str:
         return got.outcome.value
     mb = got.micro_batch
     rt.leases.hold(mb)
+    canary_ids = sorted({item.canary_id for item in mb.items if item.canary_id is not None})
+    if canary_ids:  # the arm stands only while its canary still runs
+        mb.items = routing.at_run(mb.items, rt.store.canaries_by_id(canary_ids))
     rows = item_rows(mb.items)
     if mb.tokens is not None:
         lengths, ids = tokens.unpack_lengths_and_ids(mb.tokens)
@@ -144,7 +148,7 @@ def forward(rt: Runtime, work: Work) -> bool:
         results = embed_items(embed, entries)
     finally:  # ended, by an error that is not the items' too: only a crash leaves it unended
         rt.last_forward = (mb.job_id, mb.seq)
-    extras.probe = _latency_probe(rt, work)
+    extras.probe = latency_probe(rt, mb.items, work.rows, work.lengths, work.ids)
     shadows = results[len(mb.items):]
     for (item, _), checked in zip(shadows, outcomes.check([v for _, v in shadows],
                                                           rt.settings), strict=True):
@@ -193,7 +197,8 @@ def embed_items(embed: Embed, entries: Sequence[tuple[Item, list[int]]]) -> list
     return out
 
 
-def _latency_probe(rt: Runtime, work: Work) -> tuple[float, float] | None:
+def latency_probe(rt: Runtime, items: Sequence[Item], rows: Sequence[list[int]],
+                  lengths: np.ndarray, ids: np.ndarray) -> tuple[float, float] | None:
     """(canary, stable) forward seconds of each arm's adapter alone on the same rows: the
     faster of two runs each, in the orders stable-canary and canary-stable. The arms share the
     micro-batch's forward (one kernel serves both), so only forwards of their own tell their
@@ -201,13 +206,12 @@ def _latency_probe(rt: Runtime, work: Work) -> tuple[float, float] | None:
     lengths, which differ from one micro-batch to the next; and since interference from other
     work only ever adds time, the faster run of each is the closer to the adapter's own cost."""
     limit = rt.settings.canary_probe_rows
-    items = work.mb.items
     names = {item.arm: item.adapter for item in items if item.arm is not None}
     if not limit or set(names) != set(Arm):
         return None
-    picked = [rows[0] for item, rows in zip(items, work.rows, strict=True)
+    picked = [own[0] for item, own in zip(items, rows, strict=True)
               if item.canary_id is not None][:limit]
-    lengths, ids = tokens.select_rows(work.lengths, work.ids, picked)
+    lengths, ids = tokens.select_rows(lengths, ids, picked)
     seconds = dict.fromkeys(Arm, float("inf"))
     try:
         for order in ((Arm.STABLE, Arm.CANARY), (Arm.CANARY, Arm.STABLE)):
@@ -229,7 +233,7 @@ def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
     dead = extras is None
     served_lines: list[tuple[str, Item, np.ndarray]] = []
     err_lines: list[bytes] = []
-    served: list[np.ndarray] = []
+    served: list[tuple[str, np.ndarray]] = []
     items = [item for item, _ in results]
     checked = outcomes.check([value for _, value in results], cfg)
     outcomes.record(cfg.model_name, items, checked)
@@ -243,7 +247,7 @@ def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
             err_lines.append(_error_line(rid, item, "invalid_output", result.message))
         else:
             served_lines.append((rid, item, result.vectors))
-            served.append(result.vectors)
+            served.append((item.adapter or "", result.vectors))
     ok_lines = output_lines(served_lines)
     if ok_lines:
         rt.blobs.put(shard_key(mb.job_id, mb.seq, "out"), b"\n".join(ok_lines) + b"\n")
@@ -252,8 +256,8 @@ def _write_and_complete(rt: Runtime, mb: MicroBatch, results: list[Result],
     error = "; ".join(str(v) for _, v in results if isinstance(v, str))[:2000] or None
     extras = extras or Extras()
     samples = outcomes.samples(mb.items, checked, extras.shadows, extras.probe)
-    features = [] if dead else outcomes.features(cfg.model_name, mb.items, served,
-                                                  extras.usage, cfg.drift_embeddings_per_batch)
+    features = [] if dead else outcomes.features(cfg.model_name, mb.job_id, mb.items, served,
+                                                  extras.usage, cfg.drift_embedding_rate)
     return rt.store.complete(mb.job_id, mb.seq, len(ok_lines), len(err_lines), dead=dead,
                              error=error, samples=samples, features=features)
 

@@ -129,7 +129,7 @@ class Runtime:
         return tokens.from_rows([e.ids for e in self.tokenizer.encode_batch_fast(texts)])
 
     def embed(self, texts: list[str], adapters: list[str | None] | None = None, *,
-              normalize: bool = True, usage: dict[str, torch.Tensor] | None = None,
+              normalize: bool = True, usage: dict[str, list[torch.Tensor]] | None = None,
               online: bool = False, timings: list[float] | None = None) -> torch.Tensor:
         """Embed texts (see `embed_tokens`)."""
         lengths, ids = self.tokenize(texts)
@@ -139,14 +139,15 @@ class Runtime:
     @torch.inference_mode()
     def embed_tokens(self, lengths: np.ndarray, ids: np.ndarray,
                      adapters: list[str | None] | None = None, *, normalize: bool = True,
-                     usage: dict[str, torch.Tensor] | None = None, online: bool = False,
+                     usage: dict[str, list[torch.Tensor]] | None = None, online: bool = False,
                      timings: list[float] | None = None) -> torch.Tensor:
         """Embed token rows (lengths, flat ids), each row through its adapter (None = base);
         (rows, dim) float32 on the CPU, unit-norm unless `normalize=False` (then the pooled
         vectors). Rows go through the model in forwards of at most `token_budget` padded
         tokens, one forward at a time per process (`online` forwards go first, see
         `ForwardGate`); a forward that runs out of memory is split in half and the budget
-        lowered. `usage`, when given, gains each adapter's top-1 expert token counts; `timings`
+        lowered. `usage`, when given, gains for each adapter an (S, E) tensor of top-1 expert token
+        counts per sequence it served, one per forward; `timings`
         the seconds of each model forward (without installing adapters)."""
         names = adapters if adapters is not None and any(a is not None for a in adapters) \
             else None
@@ -155,7 +156,7 @@ class Runtime:
         return F.normalize(pooled, p=2, dim=1) if normalize else pooled
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, names: list[str | None] | None,
-                 usage: dict[str, torch.Tensor] | None, online: bool,
+                 usage: dict[str, list[torch.Tensor]] | None, online: bool,
                  timings: list[float] | None = None) -> torch.Tensor:
         rows, width = ids.shape
         budget = self.token_budget
@@ -181,7 +182,7 @@ class Runtime:
                 for slot, counts in (by_slot or {}).items():
                     name = self._installed[slot]
                     assert usage is not None
-                    usage[name] = usage[name] + counts.cpu() if name in usage else counts.cpu()
+                    usage.setdefault(name, []).append(counts.cpu())
                 metrics.INFERENCE_LATENCY.labels(self.settings.model_name).observe(
                     ended - started)
             metrics.BATCH_SIZE.observe(rows)
@@ -208,7 +209,7 @@ class Runtime:
             _LIBC.malloc_trim(0)
 
     def _halves(self, ids: torch.Tensor, mask: torch.Tensor, names: list[str | None] | None,
-                usage: dict[str, torch.Tensor] | None, online: bool,
+                usage: dict[str, list[torch.Tensor]] | None, online: bool,
                 timings: list[float] | None) -> torch.Tensor:
         mid = ids.shape[0] // 2
         first = None if names is None else names[:mid]

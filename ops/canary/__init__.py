@@ -1,2 +1,2 @@
 """Canary weight changes: statistical gates and the step controller (routing is in
-`producers.routing`)."""
+`ops.canary.routing`)."""

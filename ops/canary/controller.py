@@ -3,7 +3,10 @@ hold, advance to the next weight, promote, or roll back — recording every deci
 numbers behind it.
 
 As in Argo Rollouts, a step without its minimum sample in both arms, or with any gate
-inconclusive, holds; only a failed gate rolls back, and it does so at once (weight 0).
+inconclusive, holds; a failed gate rolls back at once (weight 0), and so does a step that holds
+for longer than BEMQ_CANARY_MAX_HOLD (no setting can leave a canary holding for ever). A paused
+canary (severe drift) gets weight 0 and no advance, but its gates still decide: a failing one
+rolls it back.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ def limits(cfg: Settings) -> Limits:
     return Limits(max_error_delta=cfg.canary_max_error_delta,
                   max_latency_ratio=cfg.canary_max_latency_ratio,
                   min_agreement=cfg.canary_min_agreement, min_shadow=cfg.canary_min_shadow,
-                  min_probes=cfg.canary_min_probes,
+                  min_probes=cfg.canary_min_probes, latency=cfg.canary_probe_rows > 0,
+                  agreement=cfg.canary_shadow_fraction > 0,
                   confidence=cfg.canary_confidence, resamples=cfg.canary_resamples)
 
 
@@ -55,9 +59,9 @@ def start(store: Store, cfg: Settings, *, model: str, stable: str, canary: str,
 
 
 def step_all(store: Store, cfg: Settings) -> list[DecisionRecord]:
-    """One `canary.step`: a decision for every running canary."""
+    """One `canary.step`: a decision for every running or paused canary."""
     decided = []
-    for c in store.canaries([CanaryState.RUNNING]):
+    for c in store.canaries([CanaryState.RUNNING, CanaryState.PAUSED]):
         d = step(store, cfg, c)
         if d is not None:
             decided.append(d)
@@ -75,7 +79,7 @@ def step(store: Store, cfg: Settings, c: Canary) -> DecisionRecord | None:
     if min(counts.values()) < c.min_samples:
         reason = (f"waiting for samples: stable {counts[Arm.STABLE]}/{c.min_samples}, "
                   f"canary {counts[Arm.CANARY]}/{c.min_samples}")
-        return _record(store, _decision(c, Decision.HOLD, reason, numbers, now))
+        return _hold(store, cfg, c, reason, numbers, now)
     gates = evaluate(samples, limits(cfg))
     numbers["gates"] = {g.name: g.numbers() for g in gates}
     failed = [g for g in gates if g.verdict == Verdict.FAIL]
@@ -86,16 +90,23 @@ def step(store: Store, cfg: Settings, c: Canary) -> DecisionRecord | None:
     open_gates = [g for g in gates if g.verdict == Verdict.INCONCLUSIVE]
     if open_gates:
         reason = "inconclusive: " + "; ".join(_describe(g) for g in open_gates)
-        return _record(store, _decision(c, Decision.HOLD, reason, numbers, now))
+        return _hold(store, cfg, c, reason, numbers, now)
+    skipped = [g for g in gates if g.verdict == Verdict.SKIPPED]
+    passed = "every gate passed" + (
+        " (skipped: " + "; ".join(f"{g.name}, {g.detail}" for g in skipped) + ")" if skipped
+        else "")
+    if c.state == CanaryState.PAUSED:
+        return _hold(store, cfg, c, f"paused: {passed}; bemq canary resume to go on",
+                     numbers, now)
     nxt = c.step + 1
     weight = c.steps[nxt]
     if weight >= 100:
-        d = _decision(c, Decision.PROMOTE, "every gate passed at the last step", numbers, now)
+        d = _decision(c, Decision.PROMOTE, f"{passed} at the last step", numbers, now)
         moved = _move(store, c, d, CanaryState.PROMOTED, nxt, 100.0, None)
         if moved is not None:
             store.pin_reference_later(c.model, now, f"{c.canary} promoted over {c.stable}")
         return moved
-    d = _decision(c, Decision.ADVANCE, f"every gate passed: weight {weight:g}%", numbers, now)
+    d = _decision(c, Decision.ADVANCE, f"{passed}: weight {weight:g}%", numbers, now)
     return _move(store, c, d, CanaryState.RUNNING, nxt, weight, None)
 
 
@@ -133,7 +144,8 @@ def promote(store: Store, canary_id: str | None, reason: str = "promoted by oper
 
 
 def pause(store: Store, c: Canary, reason: str) -> Canary | None:
-    """Hold a running canary (severe drift): it keeps its weight and gets no verdict."""
+    """Hold a running canary (severe drift): its weight is 0 until it is resumed (items go to
+    stable, also those already queued), its gates still decide, and it never advances."""
     d = _decision(c, Decision.PAUSE, reason, {}, time.time())
     return _after(store, c) if _move(store, c, d, CanaryState.PAUSED, c.step, c.weight,
                                      reason) else None
@@ -144,7 +156,8 @@ def resume(store: Store, canary_id: str | None) -> Canary:
     if c.state != CanaryState.PAUSED:
         raise CanaryError(f"canary {c.id} is {c.state.value}, not paused")
     d = _decision(c, Decision.RESUME, "resumed by operator", {}, time.time())
-    _require(_move(store, c, d, CanaryState.RUNNING, c.step, c.weight, None), c)
+    _require(_move(store, c, d, CanaryState.RUNNING, c.step, c.weight, None,
+                   restart_step=True), c)
     return _after(store, c)
 
 
@@ -167,13 +180,25 @@ def _after(store: Store, c: Canary) -> Canary:
 
 
 def _export(c: Canary) -> None:
-    metrics.CANARY_WEIGHT.labels(c.stable, c.canary).set(0 if c.state.terminal else c.weight)
+    metrics.CANARY_WEIGHT.labels(c.stable, c.canary).set(c.serving_weight)
 
 
 def _decision(c: Canary, decision: Decision, reason: str, numbers: dict[str, Any],
               now: float) -> DecisionRecord:
     return DecisionRecord(canary_id=c.id, at=now, step=c.step, weight=c.weight,
                           decision=decision, reason=reason, numbers=numbers)
+
+
+def _hold(store: Store, cfg: Settings, c: Canary, reason: str, numbers: dict[str, Any],
+          now: float) -> DecisionRecord | None:
+    """Hold the step, or roll back once it has held longer than BEMQ_CANARY_MAX_HOLD."""
+    held = now - c.step_started_at
+    if held <= cfg.canary_max_hold:
+        return _record(store, _decision(c, Decision.HOLD, reason, numbers, now))
+    why = (f"no verdict in {held:.0f}s at step {c.step + 1}/{len(c.steps)} "
+           f"(BEMQ_CANARY_MAX_HOLD={cfg.canary_max_hold:g}s): {reason}")
+    return _move(store, c, _decision(c, Decision.ROLLBACK, why, numbers, now),
+                 CanaryState.ROLLED_BACK, c.step, 0.0, why)
 
 
 def _record(store: Store, d: DecisionRecord) -> DecisionRecord:
@@ -183,9 +208,10 @@ def _record(store: Store, d: DecisionRecord) -> DecisionRecord:
 
 
 def _move(store: Store, c: Canary, d: DecisionRecord, state: CanaryState, step: int,
-          weight: float, reason: str | None) -> DecisionRecord | None:
+          weight: float, reason: str | None, *, restart_step: bool = False
+          ) -> DecisionRecord | None:
     if not store.move_canary(c, d, state=state, step=step, weight=weight, reason=reason,
-                             ended=not state.routes):
+                             ended=not state.routes, restart_step=restart_step):
         return None
     metrics.CANARY_DECISIONS.labels(d.decision.value).inc()
     return d

@@ -2,7 +2,8 @@
 
 A gate passes only when its whole interval is on the good side of its limit and fails only when
 the whole interval is on the bad side; an interval that straddles the limit is inconclusive,
-and the step holds. So noise can neither promote a canary nor roll it back.
+and the step holds. So noise can neither promote a canary nor roll it back. A gate whose data
+is switched off (no latency probes, no shadow samples) is skipped, and says so.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Verdict(enum.StrEnum):
     PASS = "pass"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
+    SKIPPED = "skipped"  # its data is switched off; it neither holds nor passes the step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Limits:
     min_agreement: float = 0.9  # mean cosine of canary vs shadow stable embeddings
     min_shadow: int = 20  # shadow samples needed before the agreement gate can decide
     min_probes: int = 10  # paired latency probes needed before the latency gate can decide
+    latency: bool = True  # False: no probes are taken (BEMQ_CANARY_PROBE_ROWS=0)
+    agreement: bool = True  # False: no shadow samples (BEMQ_CANARY_SHADOW_FRACTION=0)
     confidence: float = 0.95
     resamples: int = 2000
     seed: int = 0
@@ -122,7 +126,10 @@ def evaluate(samples: Sequence[Sample], limits: Limits) -> list[Gate]:
     # on the rows' lengths, and a change in the machine's load hits both of its timings alike.
     ratios = np.array([s.latency / s.stable_latency for s in canary
                        if s.latency is not None and s.stable_latency])
-    if len(ratios) < limits.min_probes:
+    if not limits.latency:
+        gates.append(_skipped("latency_p50_ratio", limits.max_latency_ratio,
+                              "BEMQ_CANARY_PROBE_ROWS=0: no latency probes"))
+    elif len(ratios) < limits.min_probes:
         gates.append(_too_few("latency_p50_ratio", len(ratios), limits.min_probes,
                               limits.max_latency_ratio, "paired probes"))
     else:
@@ -134,7 +141,10 @@ def evaluate(samples: Sequence[Sample], limits: Limits) -> list[Gate]:
                       float(violations), float(violations), float(violations), 0.0,
                       ", ".join(kinds)))
     agreement = np.array([s.agreement for s in canary if s.agreement is not None])
-    if len(agreement) < limits.min_shadow:
+    if not limits.agreement:
+        gates.append(_skipped("shadow_agreement", limits.min_agreement,
+                              "BEMQ_CANARY_SHADOW_FRACTION=0: no shadow samples"))
+    elif len(agreement) < limits.min_shadow:
         gates.append(_too_few("shadow_agreement", len(agreement), limits.min_shadow,
                               limits.min_agreement, "shadow samples"))
     else:
@@ -149,3 +159,8 @@ def evaluate(samples: Sequence[Sample], limits: Limits) -> list[Gate]:
 def _too_few(name: str, n: int, needed: int, limit: float, what: str) -> Gate:
     return Gate(name, Verdict.INCONCLUSIVE, float("nan"), float("nan"), float("nan"), limit,
                 f"{n}/{needed} {what}")
+
+
+def _skipped(name: str, limit: float, why: str) -> Gate:
+    nan = float("nan")
+    return Gate(name, Verdict.SKIPPED, nan, nan, nan, limit, why)

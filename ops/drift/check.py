@@ -1,6 +1,11 @@
 """One `drift.check`: pin a reference when there is none (or a new version went live), else
 compare the recent window with it, store the report, count alerts, and pause a running canary
-when the drift is severe."""
+when the drift is severe.
+
+A reference is pinned only from a full window: samples covering at least
+BEMQ_DRIFT_WINDOW_SECONDS of completed work (and BEMQ_DRIFT_MIN_SAMPLES lengths). Every later
+window is compared with that one reference, so a reference made of the first few jobs would
+carry its own chance deviation into every comparison."""
 
 from __future__ import annotations
 
@@ -38,15 +43,19 @@ def run(store: Store, cfg: Settings) -> dict[str, Any]:
     base = store.baseline(model)
     if base is None or base[1] is not None:
         # No reference yet, or a version went live: pin once its first window is full.
-        since = window_start if base is None else max(base[1], window_start)
         reason = "first window" if base is None else base[2]
-        if _count_lengths(store, model, since) >= cfg.drift_min_samples:
-            pinned = store.pin_reference(model, since, reason)
+        first = store.first_ready(model, since=0.0 if base is None else base[1])
+        covered = 0.0 if first is None else now - first
+        count = 0 if first is None else _count_lengths(store, model, first)
+        if covered >= cfg.drift_window_seconds and count >= cfg.drift_min_samples:
+            pinned = store.pin_reference(model, first, reason)
             report["status"] = f"reference pinned ({reason}): {pinned} samples"
         else:
-            report["status"] = f"collecting a reference window ({reason})"
+            report["status"] = (f"collecting a reference window ({reason}): {covered:.0f} of "
+                                f"{cfg.drift_window_seconds:g} s, {count} of "
+                                f"{cfg.drift_min_samples} lengths")
         _save(store, report)
-        _prune(store, cfg, now, since)
+        _prune(store, cfg, now, window_start if first is None else min(first, window_start))
         return report
 
     pinned_at, _, reason = base
@@ -97,16 +106,23 @@ def _lengths(store: Store, model: str, *, reference: bool, since: float) -> np.n
     return np.array([n for _, data in rows for n in data], dtype=float)
 
 
-def _embeddings(store: Store, model: str, *, reference: bool, since: float) -> np.ndarray:
-    rows = store.features(model, "embeddings", reference=reference, since=since)
-    vectors = [v for _, data in rows for v in data]
-    return np.array(vectors, dtype=float) if vectors else np.zeros((0, 1))
+def _embeddings(store: Store, model: str, *, reference: bool, since: float
+                ) -> dict[str, np.ndarray]:
+    """Sampled output vectors by the adapter that served them."""
+    vectors: dict[str, list[list[float]]] = {}
+    for adapter, data in store.features(model, "embeddings", reference=reference, since=since):
+        vectors.setdefault(adapter, []).extend(data)
+    return {a: np.array(v, dtype=float) for a, v in vectors.items() if v}
 
 
 def _experts(store: Store, model: str, *, reference: bool, since: float
              ) -> dict[str, np.ndarray]:
-    """Summed top-1 counts per adapter (names are immutable versions, so E is fixed)."""
-    totals: dict[str, np.ndarray] = {}
-    for adapter, counts in store.features(model, "experts", reference=reference, since=since):
-        totals[adapter] = totals.get(adapter, 0) + np.array(counts, dtype=float)
-    return totals
+    """Per adapter, (sequences, E) top-1 expert counts (names are immutable versions, so E is
+    fixed). Rows written before counts were kept per sequence (one summed row per micro-batch)
+    are read as one unit each."""
+    rows: dict[str, list[list[float]]] = {}
+    for adapter, data in store.features(model, "experts", reference=reference, since=since):
+        if data and not isinstance(data[0], list):
+            data = [data]
+        rows.setdefault(adapter, []).extend(data)
+    return {a: np.array(r, dtype=float) for a, r in rows.items() if r}

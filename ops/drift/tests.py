@@ -22,6 +22,7 @@ class Limits:
     min_effect: float = 0.1  # KS statistic, Cramér's V
     components: int = 10
     min_samples: int = 200
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,54 +66,112 @@ def lengths(reference: np.ndarray, recent: np.ndarray, limits: Limits) -> Compon
                       "recent_median": float(np.median(recent))})
 
 
-def embeddings(reference: np.ndarray, recent: np.ndarray, limits: Limits) -> Component:
-    """Output embeddings: KS on each of the reference's top principal components, p-values
-    adjusted by Benjamini–Hochberg across components."""
-    n = (len(reference), len(recent))
+def embeddings(reference: Mapping[str, np.ndarray], recent: Mapping[str, np.ndarray],
+               limits: Limits) -> Component:
+    """Output embeddings, per serving adapter (outputs of different adapters differ by design,
+    so a canary's share must not read as drift): KS on each of the top principal components of
+    both windows pooled, p-values adjusted by Benjamini–Hochberg across every adapter's
+    components. Components of the reference alone would be fitted to it (a few hundred
+    vectors in 384 dimensions): its spread along them is larger than a new sample's by
+    construction, and KS would see that as drift."""
     needed = max(2 * limits.components, limits.min_samples // 4)
-    if min(n) < needed:
+    names = [a for a in sorted(set(reference) & set(recent))
+             if min(len(reference[a]), len(recent[a])) >= needed]
+    n = (sum(len(reference[a]) for a in names), sum(len(recent[a]) for a in names))
+    if not names:
+        n = (sum(map(len, reference.values())), sum(map(len, recent.values())))
         return _insufficient("embeddings", "pca-ks+bh", n, needed)
-    mean = reference.mean(axis=0)
-    _, _, vt = np.linalg.svd(reference - mean, full_matrices=False)
-    k = min(limits.components, vt.shape[0])
-    ref_proj, new_proj = (reference - mean) @ vt[:k].T, (recent - mean) @ vt[:k].T
-    tests = [stats.ks_2samp(ref_proj[:, i], new_proj[:, i]) for i in range(k)]
-    p = np.array([t.pvalue for t in tests])
-    adjusted = stats.false_discovery_control(p, method="bh")
+    tests, owner = [], []
+    for name in names:
+        ref, new = reference[name], recent[name]
+        pooled = np.concatenate([ref, new])
+        mean = pooled.mean(axis=0)
+        _, _, vt = np.linalg.svd(pooled - mean, full_matrices=False)
+        k = min(limits.components, vt.shape[0])
+        ref_proj, new_proj = (ref - mean) @ vt[:k].T, (new - mean) @ vt[:k].T
+        tests += [stats.ks_2samp(ref_proj[:, i], new_proj[:, i]) for i in range(k)]
+        owner += [(name, i) for i in range(k)]
+    adjusted = stats.false_discovery_control(np.array([t.pvalue for t in tests]), method="bh")
     statistic = np.array([t.statistic for t in tests])
     flagged = (adjusted < limits.alpha) & (statistic >= limits.min_effect)
+    per: dict[str, dict[str, Any]] = {}
+    for (name, i), ks, p, hit in zip(owner, statistic, adjusted, flagged, strict=True):
+        entry = per.setdefault(name, {"flagged": [], "ks_statistic": [], "p_adjusted": []})
+        entry["ks_statistic"].append(float(ks))
+        entry["p_adjusted"].append(float(p))
+        if hit:
+            entry["flagged"].append(i)
     return Component("embeddings", "pca-ks+bh", bool(flagged.any()),
                      bool((flagged & (statistic >= 2 * limits.min_effect)).any()), *n,
-                     {"components": k, "flagged": [int(i) for i in np.flatnonzero(flagged)],
-                      "ks_statistic": [float(x) for x in statistic],
-                      "p_adjusted": [float(x) for x in adjusted]})
+                     {"components": limits.components, "adapters": per})
+
+
+# Sequences per window the usage test draws at most (a random subset beyond that), and its
+# permutations: p-values down to 1/1000, which alpha = 0.01 needs.
+USAGE_UNITS = 2000
+USAGE_PERMUTATIONS = 999
 
 
 def experts(reference: Mapping[str, np.ndarray], recent: Mapping[str, np.ndarray],
             limits: Limits) -> Component:
-    """Expert usage per adapter: chi-square on the 2 × E table of top-1 token counts, with
-    Cramér's V as the effect size."""
-    per: dict[str, dict[str, float]] = {}
+    """Expert usage per adapter, with each sequence as the unit: the statistic is the
+    chi-square of the 2 × E table of top-1 token counts, and its p-value comes from permuting
+    whole sequences between the windows. A sequence's tokens route alike, so a chi-square
+    p-value that counts tokens as independent is near 0 on unchanged traffic; permuting the
+    units keeps its meaning. Cramér's V of the table is the effect size."""
+    per: dict[str, dict[str, Any]] = {}
     alert = severe = False
     n_ref = n_new = 0
+    rng = np.random.default_rng(limits.seed)
     for name in sorted(set(reference) & set(recent)):
-        ref, new = reference[name], recent[name]
-        if len(ref) != len(new) or min(ref.sum(), new.sum()) < limits.min_samples:
+        ref, new = (_units(a, rng) for a in (reference[name], recent[name]))
+        if ref.shape[1] != new.shape[1] or min(len(ref), len(new)) < limits.min_samples:
             continue
-        table = np.stack([ref, new])
-        table = table[:, table.sum(axis=0) > 0]
-        if table.shape[1] < 2:
+        used = (ref.sum(axis=0) + new.sum(axis=0)) > 0
+        if used.sum() < 2:
             continue
-        chi2, p, _, _ = stats.chi2_contingency(table)
-        v = float(np.sqrt(chi2 / table.sum()))
-        hit = bool(p < limits.alpha and v >= limits.min_effect)
+        units = np.concatenate([ref, new])[:, used]
+
+        def chi2(x: np.ndarray, y: np.ndarray, axis: int = -1, units: np.ndarray = units
+                 ) -> np.ndarray:
+            a, b = units[x.astype(np.intp)].sum(axis=-2), units[y.astype(np.intp)].sum(axis=-2)
+            return _chi_square(a, b)
+
+        result = stats.permutation_test(
+            (np.arange(len(ref)), np.arange(len(ref), len(units))), chi2, vectorized=True,
+            n_resamples=USAGE_PERMUTATIONS, batch=50, alternative="greater", rng=rng)
+        total = units.sum()
+        v = float(np.sqrt(result.statistic / total)) if total else 0.0
+        hit = bool(result.pvalue < limits.alpha and v >= limits.min_effect)
         alert |= hit
         severe |= hit and v >= 2 * limits.min_effect
-        n_ref, n_new = n_ref + int(ref.sum()), n_new + int(new.sum())
-        per[name] = {"chi2": float(chi2), "p_value": float(p), "cramers_v": v, "alert": hit}
+        n_ref, n_new = n_ref + len(ref), n_new + len(new)
+        per[name] = {"chi2": float(result.statistic), "p_value": float(result.pvalue),
+                     "cramers_v": v, "sequences": [len(ref), len(new)], "alert": hit}
     if not per:
-        return _insufficient("experts", "chi-square", (n_ref, n_new), limits.min_samples)
-    return Component("experts", "chi-square", alert, severe, n_ref, n_new, {"adapters": per})
+        return _insufficient("experts", "permutation chi-square",
+                             (sum(map(len, reference.values())), sum(map(len, recent.values()))),
+                             limits.min_samples)
+    return Component("experts", "permutation chi-square", alert, severe, n_ref, n_new,
+                     {"adapters": per})
+
+
+def _units(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(sequences, E) counts, at most `USAGE_UNITS` of them drawn at random."""
+    counts = np.asarray(counts, dtype=float).reshape(len(counts), -1)
+    if len(counts) > USAGE_UNITS:
+        counts = counts[rng.choice(len(counts), USAGE_UNITS, replace=False)]
+    return counts
+
+
+def _chi_square(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson's chi-square of the 2 × E tables [a; b] (batched over leading axes)."""
+    table = np.stack([a, b], axis=-2)
+    expected = table.sum(-1, keepdims=True) * table.sum(-2, keepdims=True) \
+        / table.sum((-2, -1), keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(expected > 0, (table - expected) ** 2 / expected, 0.0)
+    return terms.sum((-2, -1))
 
 
 def _insufficient(component: str, test: str, n: tuple[int, int], needed: int) -> Component:

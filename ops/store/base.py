@@ -206,7 +206,10 @@ class Store(CanaryRecords, DispatchRecords, FeatureRecords, GatewayRecords, Rete
                 f"UPDATE jobs SET {sets} WHERE id = ? AND status IN ({marks})",
                 [*assignments.values(), job_id, *(s.value for s in only_from)],
             )
-            return cur.rowcount == 1
+            moved = cur.rowcount == 1
+            if moved and status.terminal:
+                self.settle_features(cur, job_id, completed=status == JobStatus.COMPLETED)
+            return moved
 
     @retried
     def cancel_job(self, job_id: str) -> bool:

@@ -55,6 +55,16 @@ class CanaryRecords(Transactional):
         return _canary(row) if row else None
 
     @retried
+    def canaries_by_id(self, ids: Sequence[str]) -> dict[str, Canary]:
+        """The named canaries as they are now (a worker confirms its items' arms with them)."""
+        if not ids:
+            return {}
+        with self.tx() as cur:
+            rows = cur.execute(_SELECT + f" WHERE id IN ({', '.join('?' for _ in ids)})",
+                               list(ids)).fetchall()
+        return {c.id: c for c in map(_canary, rows)}
+
+    @retried
     def canaries(self, states: Sequence[CanaryState] | None = None) -> list[Canary]:
         """Newest first; only those in `states` when given."""
         sql, params = _SELECT, []
@@ -79,22 +89,28 @@ class CanaryRecords(Transactional):
     @retried
     def move_canary(self, canary: Canary, decision: DecisionRecord, *, state: CanaryState,
                     step: int, weight: float, reason: str | None = None,
-                    ended: bool = False) -> bool:
+                    ended: bool = False, restart_step: bool = False) -> bool:
         """Change state, step and weight if the canary is still as `canary` describes (the
         caller's view), recording the decision in the same transaction; False if another
-        process moved it first."""
+        process moved it first. A new step, or `restart_step`, starts the step's clock."""
         with self.tx() as cur:
             cur.execute(
                 "UPDATE canaries SET state = ?, step = ?, weight = ?, reason = ?, "
-                "step_started_at = CASE WHEN step = ? THEN step_started_at ELSE ? END, "
-                "ended_at = ? WHERE id = ? AND state = ? AND step = ?",
-                (state.value, step, weight, reason, step, decision.at,
+                "step_started_at = CASE WHEN step = ? AND ? = 0 THEN step_started_at ELSE ? "
+                "END, ended_at = ? WHERE id = ? AND state = ? AND step = ?",
+                (state.value, step, weight, reason, step, int(restart_step), decision.at,
                  decision.at if ended else None, canary.id, canary.state.value, canary.step),
             )
             if cur.rowcount != 1:
                 return False
             self._insert_decision(cur, decision)
         return True
+
+    @retried
+    def add_samples(self, samples: Sequence[Sample]) -> None:
+        """Samples of work outside a micro-batch (online requests)."""
+        with self.tx() as cur:
+            self._insert_samples(cur, samples)
 
     @retried
     def record_decision(self, decision: DecisionRecord) -> None:

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ops import apikeys
 from ops.blobs import BlobsUnavailable
+from ops.canary.routing import RouteCache, route
 from ops.models import UnknownModel
 from ops.online import OnlineRequest, answer_vectors, open_gateway
 from ops.ratelimit import open_limiter
@@ -42,6 +43,7 @@ from producers.http.fast_path import EmbeddingsFastPath
 from producers.http.middleware import BodyLimit, RequestMetrics
 from producers.validate import resolve_adapter, token_ids
 from schemas.batch import BatchObject, ExpiresAfter, OpenAIFile
+from schemas.microbatch import Item
 
 
 def _expires_after(anchor: str | None, seconds: int | None) -> int | None:
@@ -69,6 +71,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     limiter = open_limiter(cfg, base.store)
     online = open_gateway(cfg, base.store)
     keys = apikeys.KeyCache(base.store, cfg.api_key_cache_seconds)
+    routes = RouteCache(base.store)
     dim = int(base.model.config["hidden_size"])
     bearer = HTTPBearer(auto_error=False, description="an API key from `bemq keys create`")
 
@@ -240,9 +243,19 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
                 raise APIError(400, f"{where(i)}: {len(row)} tokens; the model's limit is "
                                f"{base.model.max_seq_length}", param=where(i),
                                code="context_length_exceeded")
-        request = OnlineRequest(id=uuid.uuid4().hex, tenant=who.tenant, model=body.model,
-                                texts=texts, adapter=adapter, lengths=[len(r) for r in ids],
-                                ids=ids, enqueued_at=time.time())
+        request_id = uuid.uuid4().hex
+        lengths = [len(r) for r in ids]
+        arm: dict[str, Any] = {"adapter": adapter}
+        if adapter is not None:  # under a canary? sticky by the caller's `user` when given
+            current = routes.fresh() or await asyncio.to_thread(routes.refresh)
+            item = Item(line=0, custom_id=f"user:{body.user}" if body.user else request_id,
+                        texts=texts, lengths=lengths, model=body.model, adapter=adapter)
+            routed = route([item], who.tenant, current, shadow_fraction=0.0)[0]
+            arm = {"adapter": routed.adapter, "arm": routed.arm,
+                   "canary_id": routed.canary_id, "canary_step": routed.canary_step}
+        request = OnlineRequest(id=request_id, tenant=who.tenant, model=body.model,
+                                texts=texts, lengths=lengths, ids=ids,
+                                enqueued_at=time.time(), **arm)
         result = await online.call(request, cfg.online_timeout_seconds)
         if result is None:
             raise APIError(503, f"no worker answered within {cfg.online_timeout_seconds:g}s",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.batch import BatchObject, ExpiresAfter, OpenAIFile
+from schemas.batch import MAX_INPUT_TEXTS, BatchObject, ExpiresAfter, OpenAIFile, check_input
 
 
 class FileDeleted(BaseModel):
@@ -48,12 +48,14 @@ Text = Annotated[str, Field(pattern=r"\S")]
 class EmbeddingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: Text | Annotated[list[Text], Field(min_length=1, max_length=2048)] = Field(
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUT_TEXTS)] = Field(
         description="a text or up to 2048 texts, each within the model's max_seq_length")
     model: str = Field(min_length=1, max_length=200)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = Field(None, max_length=256)
+
+    _input_rule = field_validator("input", mode="before")(check_input)
 
 
 class Embedding(BaseModel):

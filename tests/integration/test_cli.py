@@ -81,6 +81,27 @@ def test_bad_input_fails_with_line_and_field_and_enqueues_nothing(tmp_path: Path
     assert not queue.exists() or list(queue.iterdir()) == []
 
 
+def test_truncate_for_a_whole_job_and_in_short_form(tmp_path: Path) -> None:
+    """An over-long line is refused by default; `bemq submit --truncate` and
+    `submit_job(truncate=True)` cut it, and so does `truncate` given in a short-form item,
+    whose other keys are carried too. An unknown short-form key is refused by name and index."""
+    env = embedded_env(tmp_path / "var")
+    long_text = "word " * 400
+    path = write_jsonl(tmp_path / "long.jsonl", request_lines(["short one", long_text]))
+    refused = bemq(env, "submit", str(path))
+    assert refused.returncode == 1 and "line 2: body.input has 402 tokens" in refused.stderr
+    cut = bemq(env, "submit", str(path), "--truncate")
+    assert cut.returncode == 0, cut.stderr
+    with Client(settings_for(env)) as client:
+        assert client.status(cut.stdout.split()[0]).request_counts.total == 2
+        job = client.submit_job([{"custom_id": "a", "input": long_text, "truncate": True},
+                                 {"custom_id": "b", "input": "fine", "model": "minilm"}])
+        assert job.request_counts.total == 2
+        assert client.submit_job([long_text], truncate=True).request_counts.total == 1
+        with pytest.raises(ValueError, match=r"items\[1\]: unknown key 'truncat'"):
+            client.submit_job([{"input": "x"}, {"input": "y", "truncat": True}])
+
+
 @pytest.mark.parametrize(
     "args",
     [("status", "batch_nope"), ("wait", "batch_nope"), ("results", "batch_nope"),

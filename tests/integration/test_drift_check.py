@@ -1,12 +1,14 @@
-"""`drift.check` on a real store: the first full window is pinned as the reference; a shifted
-recent window alerts (and, being severe, pauses a running canary), an unshifted one does not.
-Features go in exactly as workers write them, with their micro-batch's completion."""
+"""`drift.check` on a real store: the first full window is pinned as the reference (not before
+it is full); a shifted recent window alerts (and, being severe, pauses a running canary), an
+unshifted one does not. Features go in exactly as workers write them, with their micro-batch's
+completion."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +36,18 @@ def feed(store: Store, rng: np.random.Generator, *, batches: int, length_mu: flo
             z = rng.normal(size=(4, 8))
             z[:, 0] += shift
             vectors = (z @ basis).tolist()
-            experts = rng.multinomial(400, [0.25 + shift / 8, 0.25, 0.25, 0.25 - shift / 8])
+            shares = rng.dirichlet(np.array([1 + shift, 1, 1, 1 - shift / 2]) * 4, size=8)
+            experts = [rng.multinomial(120, p).tolist() for p in shares]  # per sequence
             store._insert_features(cur, [
-                Feature("minilm", "lengths", lengths), Feature("minilm", "embeddings", vectors),
-                Feature("minilm", "experts", experts.tolist(), adapter="support-v1")])
+                Feature("minilm", "lengths", lengths),
+                Feature("minilm", "embeddings", vectors, adapter="support-v1"),
+                Feature("minilm", "experts", experts, adapter="support-v1")])
 
 
 @pytest.mark.parametrize("shifted", [False, True])
 def test_drift_check_alerts_only_on_shift(shifted: bool, tmp_path: Path) -> None:
-    env = embedded_env(tmp_path / "var") | {"BEMQ_DRIFT_MIN_SAMPLES": "200"}
+    env = embedded_env(tmp_path / "var") | {"BEMQ_DRIFT_MIN_SAMPLES": "200",
+                                             "BEMQ_DRIFT_WINDOW_SECONDS": "1"}
     cfg = settings_for(env)
     rng = np.random.default_rng(7)
     with Client(cfg) as client:
@@ -56,6 +61,9 @@ def test_drift_check_alerts_only_on_shift(shifted: bool, tmp_path: Path) -> None
 
         assert check.run(store, cfg)["status"].startswith("collecting")
         feed(store, rng, batches=40, length_mu=2.5, shift=0.0)
+        early = check.run(store, cfg)["status"]  # enough samples, but not yet a whole window
+        assert early.startswith("collecting a reference window (first window):"), early
+        time.sleep(1.1)
         first = check.run(store, cfg)
         assert first["status"] == "reference pinned (first window): 120 samples"
 
@@ -101,7 +109,8 @@ def test_drift_from_real_jobs(tmp_path: Path) -> None:
     """Through the pipeline: a worker samples features with each micro-batch; short support
     questions pin the reference, then long pasted logs alert on their lengths."""
     env = embedded_env(tmp_path / "var") | {"BEMQ_DRIFT_MIN_SAMPLES": "100",
-                                             "BEMQ_DRIFT_EMBEDDINGS_PER_BATCH": "32",
+                                             "BEMQ_DRIFT_WINDOW_SECONDS": "3",
+                                             "BEMQ_DRIFT_EMBEDDING_RATE": "0.5",
                                              "BEMQ_MAX_BATCH_SIZE": "64"}
     cfg = settings_for(env)
     with Client(cfg) as client:
@@ -112,14 +121,15 @@ def test_drift_from_real_jobs(tmp_path: Path) -> None:
                 assert job.request_counts.completed == len(texts)
 
             run([f"how do I reset password {i}" for i in range(200)])
+            time.sleep(3)  # the reference is a whole window
             assert check.run(client.store, cfg)["status"].startswith("reference pinned")
             words = ["error", "timeout", "retry", "connection", "refused", "upstream",
                      "worker", "node"]
             run([" ".join(words[(i + k) % len(words)] for k in range(40 + i % 20))
                  for i in range(200)])
+            report = check.run(client.store, cfg)  # within a window of the job's completion
         finally:
             worker.stop()
-        report = check.run(client.store, cfg)
     lengths = next(c for c in report["components"] if c["component"] == "lengths")
     assert lengths["alert"] and lengths["numbers"]["psi"] > 1, json.dumps(lengths)
     assert report["severe"]

@@ -282,6 +282,14 @@ def test_oversize_bodies_get_413_and_bad_input_400(deployment: dict) -> None:
     missing = httpx.post(deployment["gateway"].url + "/v1/embeddings", headers=auth,
                          json={"model": "minilm"})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "input"
+    rule = "input: must be a non-empty text or a list of 1 to 2,048 non-empty texts"
+    for value, what in (([], "got a list of 0"), (["w"] * 3000, "got a list of 3,000"),
+                        (7, "got int"), (["ok", ""], "item 1 is an empty text")):
+        answer = httpx.post(deployment["gateway"].url + "/v1/embeddings", headers=auth,
+                            json={"model": "minilm", "input": value})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["message"] == f"{rule}; {what}"
+        assert answer.json()["error"]["param"] == "input"
 
 
 def test_schemathesis_finds_no_server_error(deployment: dict, tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from ops.backup import service as backup
+from ops.canary.routing import arm_for
 from producers.client import Client
-from producers.routing import arm_for
 from schemas.batch import JobStatus
 from schemas.canary import Arm, Canary, CanaryState, Decision
 from tests.support.deploy import request_lines, settings_for, start_worker

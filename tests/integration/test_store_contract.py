@@ -232,6 +232,33 @@ def test_feature_window_reads_a_uniform_sample_of_outputs(store: Store) -> None:
         assert len(rows) == 50 and sum(vectors) / len(vectors) > 0.9, sum(vectors) / len(vectors)
 
 
+def test_a_jobs_features_count_in_drift_windows_only_once_it_completes(store: Store) -> None:
+    """A running job's micro-batches run shortest first: its features wait for its completion
+    (then count from that moment, also for pinning); a cancelled job's are deleted."""
+    for job_id in ("batch_1", "batch_2"):
+        new_job(store, job_id)
+        with store.tx() as cur:
+            store._insert_features(cur, [Feature("m", "lengths", [3, 3], job_id=job_id)])
+    with store.tx() as cur:  # online work (no job) counts at once
+        store._insert_features(cur, [Feature("m", "lengths", [5])])
+    assert [d for _, d in store.features("m", "lengths", reference=False)] == [[5]]
+    assert store.pin_reference("m", since=0, reason="test") == 1
+
+    before = time.time()
+    for seq in (0, 1):
+        store.complete("batch_1", seq, 2, 0)
+    assert store.set_status("batch_1", JobStatus.COMPLETED, only_from=(JobStatus.IN_PROGRESS,))
+    assert store.cancel_job("batch_2")
+    assert store.set_status("batch_2", JobStatus.CANCELLED, only_from=(JobStatus.CANCELLING,))
+    assert sorted(d for _, d in store.features("m", "lengths", reference=False,
+                                               since=before)) == [[3, 3]]
+    assert store.pin_reference("m", since=before, reason="test") == 1
+    with store.tx() as cur:
+        left = cur.execute("SELECT job_id FROM features WHERE reference = 0 AND job_id "
+                           "IS NOT NULL").fetchall()
+    assert [r[0] for r in left] == ["batch_1"]
+
+
 def test_reclaim_keeps_a_churning_table_from_growing(postgres_url: str) -> None:
     """Rows rewritten again and again take no more room once `reclaim` runs between rounds
     (PostgreSQL keeps dead rows until a VACUUM; the shared server here runs without

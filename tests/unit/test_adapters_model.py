@@ -48,20 +48,22 @@ def test_mixed_batch_equals_each_row_alone(rt: Runtime) -> None:
 
 
 def test_expert_usage_counts_every_real_token_at_every_site(rt: Runtime) -> None:
-    """Drift's expert counts: per adapter, one top-1 expert per real token and site; base rows
-    and padding are not counted."""
+    """Drift's expert counts: per adapter, a row per sequence it served with one top-1 expert
+    per real token and site; base rows and padding are not counted."""
     install(rt, a=make_adapter(rt.files, seed=1, experts=4, b_std=0.05),
             b=make_adapter(rt.files, seed=2, experts=2, rank=4, b_std=0.05))
     names: list[str | None] = ["a", None, "b", "a", "b"]
-    usage: dict[str, torch.Tensor] = {}
+    usage: dict[str, list[torch.Tensor]] = {}
     rt.embed(TEXTS, names, usage=usage)
     sites = len(rt.files.adapter_sites())
     tokens = [len(e.ids) for e in rt.tokenizer.encode_batch(TEXTS)]
-    assert set(usage) == {"a", "b"} and usage["a"].shape == (4,) and usage["b"].shape == (2,)
+    assert set(usage) == {"a", "b"}
+    per_sequence = {name: torch.cat(usage[name]) for name in usage}
+    assert per_sequence["a"].shape == (2, 4) and per_sequence["b"].shape == (2, 2)
     for name in ("a", "b"):
-        real = sum(n for n, row in zip(tokens, names, strict=True) if row == name)
-        assert int(usage[name].sum()) == real * sites, name
-    assert (usage["a"] > 0).sum() >= 2  # the router spreads tokens over experts
+        real = sorted(n * sites for n, row in zip(tokens, names, strict=True) if row == name)
+        assert sorted(per_sequence[name].sum(1).tolist()) == real, name
+    assert (per_sequence["a"].sum(0) > 0).sum() >= 2  # the router spreads tokens over experts
 
 
 def test_adapter_cache_is_bounded_by_bytes(tmp_path: Path) -> None:

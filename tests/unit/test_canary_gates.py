@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ops.canary.gates import Limits, Verdict, evaluate
-from producers.routing import arm_for, route
+from ops.canary.routing import arm_for, at_run, route
 from schemas.canary import Arm, Canary, CanaryState, Sample
 from schemas.microbatch import Item
 
@@ -111,3 +111,43 @@ def test_route_records_arm_and_shadow() -> None:
     assert routed[400] == items[400]  # other versions are untouched
     promoted = canary.model_copy(update={"state": CanaryState.PROMOTED, "weight": 100})
     assert {r.adapter for r in route(items[:400], "t", {"v1": promoted}, 0.5)} == {"v2"}
+
+
+def test_a_paused_canary_takes_no_new_items() -> None:
+    canary = Canary(id="c1", model="minilm", stable="v1", canary="v2", steps=[50, 100], step=0,
+                    weight=50, state=CanaryState.PAUSED, min_samples=1, started_at=0,
+                    step_started_at=0)
+    items = [Item(line=i, custom_id=f"x{i}", texts=["a"], lengths=[3], model="minilm:v1",
+                  adapter="v1") for i in range(100)]
+    assert route(items, "t", {"v1": canary}, shadow_fraction=0.5) == items
+    assert canary.serving_weight == 0
+
+
+@pytest.mark.parametrize("state", [CanaryState.ROLLED_BACK, CanaryState.ABORTED,
+                                   CanaryState.PAUSED])
+def test_items_queued_for_a_stopped_canary_run_on_stable(state: CanaryState) -> None:
+    running = Canary(id="c1", model="minilm", stable="v1", canary="v2", steps=[50, 100], step=0,
+                     weight=50, state=CanaryState.RUNNING, min_samples=1, started_at=0,
+                     step_started_at=0)
+    items = [Item(line=i, custom_id=f"x{i}", texts=["a"], lengths=[3], model="minilm:v1",
+                  adapter="v1") for i in range(100)]
+    routed = route(items, "t", {"v1": running}, shadow_fraction=0.5)
+    assert at_run(routed, {"c1": running}) == routed  # still running: as routed
+    now = at_run(routed, {"c1": running.model_copy(update={"state": state})})
+    assert {i.adapter for i in now} == {"v1"}
+    assert all(i.arm is None and i.canary_id is None and i.shadow is None for i in now)
+    promoted = at_run(routed, {"c1": running.model_copy(update={"state": CanaryState.PROMOTED})})
+    assert [i.adapter for i in promoted] == [i.adapter for i in routed]  # as routed, no samples
+    assert all(i.canary_id is None for i in promoted)
+
+
+def test_switched_off_gates_are_skipped_not_waited_for() -> None:
+    data = samples(Arm.STABLE, 300) + samples(Arm.CANARY, 300, agreement=None, seed=1)
+    for s in data:
+        s.latency = s.stable_latency = None  # no probes were taken
+    assert verdicts(data)["latency_p50_ratio"] == Verdict.INCONCLUSIVE
+    off = {g.name: g for g in evaluate(data, Limits(latency=False, agreement=False))}
+    assert off["latency_p50_ratio"].verdict == off["shadow_agreement"].verdict \
+        == Verdict.SKIPPED
+    assert "BEMQ_CANARY_PROBE_ROWS=0" in off["latency_p50_ratio"].detail
+    assert off["error_rate_delta"].verdict == Verdict.PASS

@@ -37,6 +37,15 @@ def test_time_limits_must_be_ordered() -> None:
         Settings(task_soft_time_limit=900, task_time_limit=600)
 
 
+def test_no_setting_leaves_a_canary_without_a_comparing_gate() -> None:
+    """Probes and shadows off together would judge a canary by errors alone."""
+    with pytest.raises(ValueError, match="BEMQ_CANARY_PROBE_ROWS=0 with "
+                                         "BEMQ_CANARY_SHADOW_FRACTION=0"):
+        Settings(canary_probe_rows=0, canary_shadow_fraction=0)
+    Settings(canary_probe_rows=0)  # either alone is fine: that gate is skipped
+    Settings(canary_shadow_fraction=0)
+
+
 def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     missing = [f"BEMQ_{name.upper()}" for name in Settings.model_fields

@@ -50,8 +50,11 @@ def test_valid_lines_become_items_with_token_lengths() -> None:
         (b"\xff\xfe", "invalid_utf8", "line 2: not valid UTF-8"),
         (b"[1, 2]", "invalid_request", "line 2: expected a JSON object"),
         (jsonl(line("x", body={"input": ""})), "invalid_request", "line 2: body.input"),
-        (jsonl(line("x", [])), "invalid_request", "line 2: body.input"),
-        (jsonl(line("x", 42)), "invalid_request", "line 2: body.input"),
+        (jsonl(line("x", [])), "invalid_request",
+         "line 2: body.input: must be a non-empty text or a list of 1 to 2,048 non-empty "
+         "texts; got a list of 0"),
+        (jsonl(line("x", 42)), "invalid_request", "line 2: body.input: must be a non-empty "
+         "text or a list of 1 to 2,048 non-empty texts; got int"),
         (jsonl(line("x", ["ok", 3])), "invalid_request", "line 2: body.input"),
         (jsonl({"method": "POST", "url": "/v1/embeddings", "body": {"model": "minilm",
                                                                   "input": "x"}}),
@@ -80,6 +83,17 @@ def test_over_long_input_fails_unless_truncation_is_asked() -> None:
     assert "body.input has 402 tokens; the model's limit is 256" in result.errors[0].message
     ok = check(jsonl(line("a", long_text, body={"truncate": True})))
     assert ok.errors == [] and ok.items[0].lengths == [256]
+
+
+def test_job_level_truncate_applies_where_a_line_does_not_say() -> None:
+    """`truncate=True` (the job's default) cuts lines that do not set body.truncate; a line's
+    own `false` still refuses."""
+    long_text = "word " * 400
+    result = check(jsonl(line("a", long_text), line("b", long_text, body={"truncate": False})),
+                   truncate=True)
+    assert [i.custom_id for i in result.items] == ["a"] and result.items[0].lengths == [256]
+    assert result.items[0].truncate
+    assert [(e.line, e.code) for e in result.errors] == [(2, "context_length_exceeded")]
 
 
 def test_file_limits() -> None:

@@ -1,0 +1,106 @@
+"""Sticky routing of items between a canary's arms.
+
+An item's arm is a pure function of `(tenant, custom_id)` and the current weight: its hash is a
+fixed point in [0, 100), and the item goes to the canary when that point is below the weight.
+Raising the weight therefore only moves items from stable to canary, never back, and a retried
+request lands on the arm it had.
+
+The arm is chosen at submit and confirmed when the item runs (`at_run`): a canary rolled back,
+aborted or paused after an item was queued no longer serves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from schemas.canary import Arm, Canary, CanaryState
+from schemas.microbatch import Item
+
+
+class RoutesSource(Protocol):
+    def routes(self) -> dict[str, Canary]: ...
+
+
+def point(tenant: str, custom_id: str, salt: str = "") -> float:
+    """A uniform, stable position in [0, 100) for one item."""
+    digest = hashlib.blake2b(f"{salt}\x1f{tenant}\x1f{custom_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2**64 * 100
+
+
+def arm_for(tenant: str, custom_id: str, weight: float) -> Arm:
+    return Arm.CANARY if point(tenant, custom_id) < weight else Arm.STABLE
+
+
+def route(items: Sequence[Item], tenant: str, routes: Mapping[str, Canary],
+          shadow_fraction: float) -> list[Item]:
+    """Items with their served adapter, arm and canary recorded. Items asking for a version
+    under a running canary are split by weight; a share of the canary arm (by a second,
+    independent hash) also gets a shadow stable computation. After promotion every such item
+    is served by the canary; after a rollback or abort the route is gone."""
+    out = []
+    for item in items:
+        canary = routes.get(item.adapter) if item.adapter is not None else None
+        if canary is None or canary.state == CanaryState.PAUSED:
+            out.append(item)
+        elif canary.state == CanaryState.PROMOTED:
+            out.append(item.model_copy(update={"adapter": canary.canary}))
+        elif arm_for(tenant, item.custom_id, canary.weight) == Arm.CANARY:
+            shadow = point(tenant, item.custom_id, salt="shadow") < shadow_fraction * 100
+            out.append(item.model_copy(update={
+                "adapter": canary.canary, "arm": Arm.CANARY, "canary_id": canary.id,
+                "canary_step": canary.step, "shadow": canary.stable if shadow else None,
+            }))
+        else:
+            out.append(item.model_copy(update={
+                "arm": Arm.STABLE, "canary_id": canary.id, "canary_step": canary.step,
+            }))
+    return out
+
+
+class RouteCache:
+    """`store.routes()` remembered for `ttl` seconds, so the gateway routes online requests
+    without a store read each; a worker confirms every arm when the request runs (`at_run`), so
+    a canary stopped meanwhile serves none of them."""
+
+    def __init__(self, store: RoutesSource, ttl: float = 1.0) -> None:
+        self.store, self.ttl = store, ttl
+        self._routes: dict[str, Canary] = {}
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def fresh(self) -> dict[str, Canary] | None:
+        """The routes, or None when they are due to be read again (`refresh`)."""
+        with self._lock:
+            return self._routes if time.monotonic() < self._until else None
+
+    def refresh(self) -> dict[str, Canary]:
+        routes = self.store.routes()
+        with self._lock:
+            self._routes, self._until = routes, time.monotonic() + self.ttl
+        return routes
+
+
+def at_run(items: Sequence[Item], canaries: Mapping[str, Canary]) -> list[Item]:
+    """Items as they run now, given their canaries as they are now: an item routed under a
+    canary that no longer runs (paused, rolled back, aborted, promoted, or gone) leaves the
+    rollout: one on the canary arm goes back to the stable version unless the canary was
+    promoted, and none of them is a sample of it any more (its step gets no verdict from
+    them)."""
+    out = []
+    for item in items:
+        canary = canaries.get(item.canary_id) if item.canary_id is not None else None
+        if item.canary_id is None or (canary is not None
+                                      and canary.state == CanaryState.RUNNING):
+            out.append(item)
+            continue
+        adapter = item.adapter
+        if item.arm == Arm.CANARY and canary is not None \
+                and canary.state != CanaryState.PROMOTED:
+            adapter = canary.stable
+        out.append(item.model_copy(update={"adapter": adapter, "arm": None, "canary_id": None,
+                                           "canary_step": None, "shadow": None}))
+    return out
