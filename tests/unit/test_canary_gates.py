@@ -94,12 +94,19 @@ def test_arm_is_sticky_and_proportional() -> None:
     assert at25 != {i for i in ids if arm_for("other", i, 25) == Arm.CANARY}  # per tenant
 
 
+def rollout(state: CanaryState = CanaryState.RUNNING) -> Canary:
+    return Canary(id="c1", model="minilm", stable="v1", canary="v2", steps=[50, 100], step=0,
+                  weight=50, state=state, min_samples=1, started_at=0, step_started_at=0)
+
+
+def v1_items(n: int) -> list[Item]:
+    return [Item(line=i, custom_id=f"x{i}", texts=["a"], lengths=[3], model="minilm:v1",
+                 adapter="v1") for i in range(n)]
+
+
 def test_route_records_arm_and_shadow() -> None:
-    canary = Canary(id="c1", model="minilm", stable="v1", canary="v2", steps=[50, 100], step=0,
-                    weight=50, state=CanaryState.RUNNING, min_samples=1, started_at=0,
-                    step_started_at=0)
-    items = [Item(line=i, custom_id=f"x{i}", texts=["a"], lengths=[3], model="minilm:v1",
-                  adapter="v1") for i in range(400)]
+    canary = rollout()
+    items = v1_items(400)
     items.append(Item(line=400, custom_id="base", texts=["a"], lengths=[3], model="minilm"))
     routed = route(items, "t", {"v1": canary}, shadow_fraction=0.5)
     arms = [r.arm for r in routed[:400]]
@@ -114,11 +121,8 @@ def test_route_records_arm_and_shadow() -> None:
 
 
 def test_a_paused_canary_takes_no_new_items() -> None:
-    canary = Canary(id="c1", model="minilm", stable="v1", canary="v2", steps=[50, 100], step=0,
-                    weight=50, state=CanaryState.PAUSED, min_samples=1, started_at=0,
-                    step_started_at=0)
-    items = [Item(line=i, custom_id=f"x{i}", texts=["a"], lengths=[3], model="minilm:v1",
-                  adapter="v1") for i in range(100)]
+    canary = rollout(CanaryState.PAUSED)
+    items = v1_items(100)
     assert route(items, "t", {"v1": canary}, shadow_fraction=0.5) == items
     assert canary.serving_weight == 0
 
@@ -126,12 +130,8 @@ def test_a_paused_canary_takes_no_new_items() -> None:
 @pytest.mark.parametrize("state", [CanaryState.ROLLED_BACK, CanaryState.ABORTED,
                                    CanaryState.PAUSED])
 def test_items_queued_for_a_stopped_canary_run_on_stable(state: CanaryState) -> None:
-    running = Canary(id="c1", model="minilm", stable="v1", canary="v2", steps=[50, 100], step=0,
-                     weight=50, state=CanaryState.RUNNING, min_samples=1, started_at=0,
-                     step_started_at=0)
-    items = [Item(line=i, custom_id=f"x{i}", texts=["a"], lengths=[3], model="minilm:v1",
-                  adapter="v1") for i in range(100)]
-    routed = route(items, "t", {"v1": running}, shadow_fraction=0.5)
+    running = rollout()
+    routed = route(v1_items(100), "t", {"v1": running}, shadow_fraction=0.5)
     assert at_run(routed, {"c1": running}) == routed  # still running: as routed
     now = at_run(routed, {"c1": running.model_copy(update={"state": state})})
     assert {i.adapter for i in now} == {"v1"}
