@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -14,6 +15,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ops.store.dispatch import Window
 from schemas.constants import SCHEDULED
+
+# Variables earlier releases read, with what replaces them.
+REMOVED = {
+    "BEMQ_DRIFT_EMBEDDINGS_PER_BATCH": "BEMQ_DRIFT_EMBEDDING_RATE (the share of output vectors "
+                                       "kept, each drawn on its own)",
+}
 
 
 class SettingsError(ValueError):
@@ -273,7 +280,12 @@ def parse_steps(value: str) -> list[float]:
 
 
 def load_settings() -> Settings:
-    """Read and validate the environment; a bad value raises `SettingsError` naming the variable."""
+    """Read and validate the environment; a bad value raises `SettingsError` naming the variable,
+    and so does a variable bemq no longer reads (it would otherwise be ignored unseen)."""
+    gone = [f"{name}: no longer read; set {instead}" for name, instead in REMOVED.items()
+            if name in os.environ]
+    if gone:
+        raise SettingsError("; ".join(gone))
     try:
         return Settings()
     except ValidationError as exc:

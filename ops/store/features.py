@@ -36,7 +36,7 @@ class Feature:
     kind: str
     data: Any
     adapter: str = ""  # the adapter that served the sampled outputs ("" = the base model)
-    weight: float = 1.0  # how many outputs (or sequences) the row stands for, to scale
+    weight: float = 1.0  # how many outputs (or sequences) the row stands for, or in proportion
     job_id: str | None = None  # None: counts in a window at once
 
     def sample_key(self) -> float:

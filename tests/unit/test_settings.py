@@ -46,6 +46,13 @@ def test_no_setting_leaves_a_canary_without_a_comparing_gate() -> None:
     Settings(canary_shadow_fraction=0)
 
 
+def test_a_variable_no_longer_read_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BEMQ_DRIFT_EMBEDDINGS_PER_BATCH", "4")
+    with pytest.raises(SettingsError, match=r"^BEMQ_DRIFT_EMBEDDINGS_PER_BATCH: no longer read; "
+                                            r"set BEMQ_DRIFT_EMBEDDING_RATE"):
+        load_settings()
+
+
 def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     missing = [f"BEMQ_{name.upper()}" for name in Settings.model_fields
