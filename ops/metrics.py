@@ -35,6 +35,11 @@ RETENTION_DELETED = Counter("bem_retention_deleted", "Rows, files and shards rem
                             "retention or expiry", ["kind"])
 BACKUP_VERIFY_FAILURES = Counter("bem_backup_verify_failures",
                                  "Backup verifications that failed")
+ONLINE_ADMISSION = Counter("bem_online_requests",
+                           "Online requests at the gateway's door: admitted, or refused by reason "
+                           "(queue_full, no_worker)", ["outcome"])
+ONLINE_DROPPED = Counter("bem_online_dropped",
+                         "Online requests a worker dropped unserved (their caller had given up)")
 
 
 def serve(port: int) -> None:

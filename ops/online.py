@@ -32,6 +32,7 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
+from ops import metrics
 from ops.settings import Settings
 from ops.store import Store
 from schemas.canary import Arm
@@ -40,6 +41,17 @@ from schemas.microbatch import Item
 KEY_QUEUE = "online:queue"
 KEY_REPLY = "online:reply:"
 RESULT_TTL = 120
+# Push a request unless ARGV[2] already wait: the check and the push are one step, so gateways
+# racing for the last place cannot overfill the queue.
+PUSH_IF_ROOM = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class QueueFull(Exception):
+    """The online queue holds BEMQ_ONLINE_MAX_QUEUE requests already: refuse, do not wait."""
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +94,8 @@ class OnlineQueue(abc.ABC):
     """The worker's side: take batches of requests, answer them."""
 
     @abc.abstractmethod
-    def push(self, request: OnlineRequest) -> None: ...
+    def push(self, request: OnlineRequest, max_waiting: int) -> bool:
+        """Queue a request unless `max_waiting` already wait (False then)."""
 
     @abc.abstractmethod
     def put_results(self, answered: Sequence[tuple[OnlineRequest, dict[str, Any]]]) -> None:
@@ -108,6 +121,7 @@ class OnlineQueue(abc.ABC):
             if first is None:
                 return []
             if time.time() - first.enqueued_at > stale_after:
+                metrics.ONLINE_DROPPED.inc()
                 first = None
         batch = [first]
         rows, width = len(first.texts), max(first.lengths)
@@ -138,8 +152,9 @@ class RedisOnlineQueue(OnlineQueue):
         self.queue = prefix + KEY_QUEUE
         self._held: list[bytes] = []  # taken from Redis, not yet handed out (newest last)
 
-    def push(self, request: OnlineRequest) -> None:
-        self.redis.rpush(self.queue, request.model_dump_json())
+    def push(self, request: OnlineRequest, max_waiting: int) -> bool:
+        return bool(self.redis.eval(PUSH_IF_ROOM, 1, self.queue, request.model_dump_json(),
+                                    max_waiting))
 
     def put_results(self, answered: Sequence[tuple[OnlineRequest, dict[str, Any]]]) -> None:
         """One RPUSH (and one EXPIRE) per gateway process the batch's requests came from."""
@@ -187,8 +202,9 @@ class StoreOnlineQueue(OnlineQueue):
         self.store = store
         self._held: list[OnlineRequest] = []
 
-    def push(self, request: OnlineRequest) -> None:
-        self.store.push_online(request.id, request.model_dump_json(), request.enqueued_at)
+    def push(self, request: OnlineRequest, max_waiting: int) -> bool:
+        return self.store.push_online(request.id, request.model_dump_json(),
+                                      request.enqueued_at, max_waiting)
 
     def wait_result(self, request_id: str, timeout: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
@@ -235,9 +251,11 @@ class OnlineGateway(abc.ABC):
     """The gateway's side: send a request, await its answer."""
 
     @abc.abstractmethod
-    async def call(self, request: OnlineRequest, timeout: float) -> dict[str, Any] | None:
+    async def call(self, request: OnlineRequest, timeout: float, max_waiting: int
+                   ) -> dict[str, Any] | None:
         """The worker's answer, or None after `timeout` seconds (the caller has given up; a
-        worker drops the request unserved once it is older than `stale_after`)."""
+        worker drops the request unserved once it is older than `stale_after`). `QueueFull`
+        at once when `max_waiting` requests already wait."""
 
 
 class RedisOnlineGateway(OnlineGateway):
@@ -282,14 +300,17 @@ class RedisOnlineGateway(OnlineGateway):
             with contextlib.suppress(Exception):
                 await conn.aclose()
 
-    async def call(self, request: OnlineRequest, timeout: float) -> dict[str, Any] | None:
+    async def call(self, request: OnlineRequest, timeout: float, max_waiting: int
+                   ) -> dict[str, Any] | None:
         client = self._started()
         assert self._loop is not None
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending[request.id] = future
         request.reply_to = self.reply_to
         try:
-            await client.rpush(self.queue, request.model_dump_json())
+            if not await client.eval(PUSH_IF_ROOM, 1, self.queue, request.model_dump_json(),
+                                     max_waiting):
+                raise QueueFull
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return None
@@ -303,8 +324,10 @@ class StoreOnlineGateway(OnlineGateway):
     def __init__(self, store: Store) -> None:
         self.queue = StoreOnlineQueue(store)
 
-    async def call(self, request: OnlineRequest, timeout: float) -> dict[str, Any] | None:
-        await asyncio.to_thread(self.queue.push, request)
+    async def call(self, request: OnlineRequest, timeout: float, max_waiting: int
+                   ) -> dict[str, Any] | None:
+        if not await asyncio.to_thread(self.queue.push, request, max_waiting):
+            raise QueueFull
         return await asyncio.to_thread(self.queue.wait_result, request.id, timeout)
 
 

@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     online_max_batch_tokens: int = Field(4096, ge=16)
     online_max_batch_size: int = Field(64, ge=1)
     online_timeout_seconds: float = Field(30.0, gt=0)
+    # Online requests waiting in the queue at most; one more is refused at once (429).
+    online_max_queue: int = Field(1000, ge=1)
     online_priority_burst: int = Field(4, ge=1)
     online_batch_forward_tokens: int = Field(1024, ge=16)
 

@@ -12,17 +12,10 @@ aborted or paused after an item was queued no longer serves it.
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
 from schemas.canary import Arm, Canary, CanaryState
 from schemas.microbatch import Item
-
-
-class RoutesSource(Protocol):
-    def routes(self) -> dict[str, Canary]: ...
 
 
 def point(tenant: str, custom_id: str, salt: str = "") -> float:
@@ -59,29 +52,6 @@ def route(items: Sequence[Item], tenant: str, routes: Mapping[str, Canary],
                 "arm": Arm.STABLE, "canary_id": canary.id, "canary_step": canary.step,
             }))
     return out
-
-
-class RouteCache:
-    """`store.routes()` remembered for `ttl` seconds, so the gateway routes online requests
-    without a store read each; a worker confirms every arm when the request runs (`at_run`), so
-    a canary stopped meanwhile serves none of them."""
-
-    def __init__(self, store: RoutesSource, ttl: float = 1.0) -> None:
-        self.store, self.ttl = store, ttl
-        self._routes: dict[str, Canary] = {}
-        self._until = 0.0
-        self._lock = threading.Lock()
-
-    def fresh(self) -> dict[str, Canary] | None:
-        """The routes, or None when they are due to be read again (`refresh`)."""
-        with self._lock:
-            return self._routes if time.monotonic() < self._until else None
-
-    def refresh(self) -> dict[str, Canary]:
-        routes = self.store.routes()
-        with self._lock:
-            self._routes, self._until = routes, time.monotonic() + self.ttl
-        return routes
 
 
 def at_run(items: Sequence[Item], canaries: Mapping[str, Canary]) -> list[Item]:

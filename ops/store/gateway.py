@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ops.store.core import Transactional, retried
+from ops.store.core import Cursor, Transactional, retried
 
 
 class GatewayRecords(Transactional):
@@ -59,10 +59,19 @@ class GatewayRecords(Transactional):
 
     # -- online queue (embedded) -----------------------------------------------------------
     @retried
-    def push_online(self, request_id: str, payload: str, at: float) -> None:
+    def push_online(self, request_id: str, payload: str, at: float, max_waiting: int) -> bool:
+        """Queue a request unless `max_waiting` already wait; False when the queue is full."""
         with self.tx() as cur:
+            if _waiting(cur) >= max_waiting:
+                return False
             cur.execute("INSERT INTO online_requests (id, payload, enqueued_at) VALUES (?, ?, ?)",
                         (request_id, payload, at))
+        return True
+
+    @retried
+    def online_waiting(self) -> int:
+        with self.tx() as cur:
+            return _waiting(cur)
 
     @retried
     def take_online(self) -> str | None:
@@ -96,3 +105,7 @@ class GatewayRecords(Transactional):
     def drop_online(self, request_id: str) -> None:
         with self.tx() as cur:
             cur.execute("DELETE FROM online_requests WHERE id = ?", (request_id,))
+
+
+def _waiting(cur: Cursor) -> int:
+    return int(cur.execute("SELECT COUNT(*) FROM online_requests WHERE taken = 0").fetchone()[0])

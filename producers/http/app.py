@@ -22,11 +22,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ops import apikeys
+from ops import apikeys, metrics
 from ops.blobs import BlobsUnavailable
-from ops.canary.routing import RouteCache, route
+from ops.cached import Cached
+from ops.canary.routing import route
 from ops.models import UnknownModel
-from ops.online import OnlineRequest, answer_vectors, open_gateway
+from ops.online import OnlineRequest, QueueFull, answer_vectors, open_gateway
 from ops.ratelimit import open_limiter
 from ops.settings import Settings, load_settings
 from ops.store import StoreUnavailable
@@ -71,7 +72,9 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     limiter = open_limiter(cfg, base.store)
     online = open_gateway(cfg, base.store)
     keys = apikeys.KeyCache(base.store, cfg.api_key_cache_seconds)
-    routes = RouteCache(base.store)
+    routes = Cached(base.store.routes)
+    serving = Cached(lambda: any("online" in w["queues"]
+                                 for w in base.store.live_workers(cfg.dead_after)))
     dim = int(base.model.config["hidden_size"])
     bearer = HTTPBearer(auto_error=False, description="an API key from `bemq keys create`")
 
@@ -247,7 +250,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         lengths = [len(r) for r in ids]
         arm: dict[str, Any] = {"adapter": adapter}
         if adapter is not None:  # under a canary? sticky by the caller's `user` when given
-            current = routes.fresh() or await asyncio.to_thread(routes.refresh)
+            current = await routes.get()
             item = Item(line=0, custom_id=f"user:{body.user}" if body.user else request_id,
                         texts=texts, lengths=lengths, model=body.model, adapter=adapter)
             routed = route([item], who.tenant, current, shadow_fraction=0.0)[0]
@@ -256,7 +259,20 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         request = OnlineRequest(id=request_id, tenant=who.tenant, model=body.model,
                                 texts=texts, lengths=lengths, ids=ids,
                                 enqueued_at=time.time(), **arm)
-        result = await online.call(request, cfg.online_timeout_seconds)
+        if not await serving.get():  # refuse at once rather than time out
+            metrics.ONLINE_ADMISSION.labels("no_worker").inc()
+            raise APIError(503, "no worker serving online requests is alive (no heartbeat "
+                           f"within {cfg.dead_after:g}s)", kind="server_error",
+                           code="no_worker", headers={"Retry-After": "5"})
+        try:
+            result = await online.call(request, cfg.online_timeout_seconds,
+                                       cfg.online_max_queue)
+        except QueueFull:
+            metrics.ONLINE_ADMISSION.labels("queue_full").inc()
+            raise APIError(429, f"{cfg.online_max_queue} online requests are waiting already "
+                           "(BEMQ_ONLINE_MAX_QUEUE); retry shortly", kind="server_error",
+                           code="queue_full", headers={"Retry-After": "1"}) from None
+        metrics.ONLINE_ADMISSION.labels("admitted").inc()
         if result is None:
             raise APIError(503, f"no worker answered within {cfg.online_timeout_seconds:g}s",
                            kind="server_error", code="timeout", headers={"Retry-After": "5"})

@@ -19,8 +19,11 @@ class MemoryQueue(OnlineQueue):
     def __init__(self) -> None:
         self.items: collections.deque[OnlineRequest] = collections.deque()
 
-    def push(self, request: OnlineRequest) -> None:
+    def push(self, request: OnlineRequest, max_waiting: int = 1000) -> bool:
+        if len(self.items) >= max_waiting:
+            return False
         self.items.append(request)
+        return True
 
     def put_results(self, answered: object) -> None:
         raise NotImplementedError
