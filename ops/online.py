@@ -269,6 +269,7 @@ class RedisOnlineGateway(OnlineGateway):
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._redis: aioredis.Redis | None = None
+        self._push: Any = None  # PUSH_IF_ROOM, run by its SHA once Redis has it
         self._listener: asyncio.Task[None] | None = None
 
     def _started(self) -> aioredis.Redis:
@@ -277,6 +278,7 @@ class RedisOnlineGateway(OnlineGateway):
         if self._loop is not loop or self._redis is None:
             self._loop, self._pending = loop, {}
             self._redis = aioredis.Redis.from_url(self.url)
+            self._push = self._redis.register_script(PUSH_IF_ROOM)
             self._listener = loop.create_task(self._replies(aioredis.Redis.from_url(self.url)),
                                               name="bemq-online-replies")
         return self._redis
@@ -302,14 +304,14 @@ class RedisOnlineGateway(OnlineGateway):
 
     async def call(self, request: OnlineRequest, timeout: float, max_waiting: int
                    ) -> dict[str, Any] | None:
-        client = self._started()
+        self._started()
         assert self._loop is not None
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending[request.id] = future
         request.reply_to = self.reply_to
         try:
-            if not await client.eval(PUSH_IF_ROOM, 1, self.queue, request.model_dump_json(),
-                                     max_waiting):
+            if not await self._push(keys=[self.queue],
+                                    args=[request.model_dump_json(), max_waiting]):
                 raise QueueFull
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(256, ge=1)
     max_lines: int = Field(50_000, ge=1)
     max_file_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    # Word pieces a tenant may have waiting in batch jobs (queued or running micro-batches); a
+    # job that would pass it fails validation with `token_limit_exceeded` (0 = no bound).
+    tenant_max_queued_tokens: int = Field(50_000_000, ge=0)
     adapter_cache_bytes: int = Field(2 * 1024**3, ge=0)
     # Fault drill: raise an out-of-memory error for any forward above this many padded tokens
     # (0 = off), so OOM handling can be exercised on a CPU.

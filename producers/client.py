@@ -207,6 +207,14 @@ class Client:
                                max_bytes=cfg.max_file_bytes,
                                known_adapters=frozenset(a.name for a in self.adapters()),
                                truncate=truncate)
+        if not check.errors and cfg.tenant_max_queued_tokens:
+            tokens = sum(sum(item.lengths) for item in check.items)
+            queued = self.store.queued_tokens(self.tenant)
+            if queued + tokens > cfg.tenant_max_queued_tokens:
+                check.add("token_limit_exceeded",
+                          f"tenant {self.tenant!r} has {queued:,} tokens queued; this job's "
+                          f"{tokens:,} would pass BEMQ_TENANT_MAX_QUEUED_TOKENS "
+                          f"({cfg.tenant_max_queued_tokens:,}); submit it once some finish")
         if check.errors:
             self.store.fail_job(job.id, BatchErrors(data=check.errors))
             raise InvalidBatch(self.status(job.id))

@@ -212,6 +212,17 @@ class DispatchRecords(Transactional):
             )
 
     @retried
+    def queued_tokens(self, tenant: str) -> int:
+        """Word pieces of a tenant's micro-batches not yet done (queued or running)."""
+        with self.tx() as cur:
+            row = cur.execute(
+                "SELECT COALESCE(SUM(mb.real_tokens), 0) FROM micro_batches mb JOIN jobs j "
+                "ON j.id = mb.job_id WHERE j.tenant = ? AND mb.state IN (?, ?)",
+                (tenant, QUEUED, RUNNING),
+            ).fetchone()
+        return int(row[0])
+
+    @retried
     def tenant_queues(self) -> list[TenantQueue]:
         """Every tenant with a weight set or work queued: its weight, queued texts and the age
         of its oldest queued micro-batch; most queued first."""

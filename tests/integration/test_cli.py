@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from producers.client import Client
+from producers.client import Client, InvalidBatch
 from tests.conftest import embedded_env
 from tests.support.deploy import request_lines, settings_for, start_worker
 
@@ -79,6 +79,25 @@ def test_bad_input_fails_with_line_and_field_and_enqueues_nothing(tmp_path: Path
         assert client.store.micro_batch_summary(job_id) == {}
     queue = tmp_path / "var" / "broker" / "queue"
     assert not queue.exists() or list(queue.iterdir()) == []
+
+
+def test_a_tenants_queued_tokens_are_bounded(tmp_path: Path) -> None:
+    """Past BEMQ_TENANT_MAX_QUEUED_TOKENS a job fails validation, naming the limit and what is
+    queued, with no micro-batch stored; another tenant is not held back by it."""
+    env = embedded_env(tmp_path / "var") | {"BEMQ_TENANT_MAX_QUEUED_TOKENS": "100"}
+    cfg = settings_for(env)
+    with Client(cfg, tenant="acme") as acme, Client(cfg, tenant="beta") as beta:
+        first = acme.submit_job([f"text {i}" for i in range(10)])  # 40 tokens, no worker
+        assert acme.store.queued_tokens("acme") == 40
+        with pytest.raises(InvalidBatch) as refused:
+            acme.submit_job([f"more {i}" for i in range(20)])  # 80 more would pass 100
+        job = refused.value.job
+        assert [e.code for e in job.errors.data] == ["token_limit_exceeded"]  # type: ignore[union-attr]
+        assert ("tenant 'acme' has 40 tokens queued; this job's 80 would pass "
+                "BEMQ_TENANT_MAX_QUEUED_TOKENS (100)") in job.errors.data[0].message  # type: ignore[union-attr]
+        assert acme.store.micro_batch_summary(job.id) == {}
+        assert beta.submit_job([f"beta {i}" for i in range(20)]).request_counts.total == 20
+        acme.cancel(first.id)
 
 
 def test_truncate_for_a_whole_job_and_in_short_form(tmp_path: Path) -> None:
