@@ -59,10 +59,7 @@ class OnlineServer:
         as batch jobs, so it alone gets an error. Requests under a canary rollout are confirmed
         on their arm first, and come back as a `Rollout` for the canary's gates."""
         cfg = self.rt.settings
-        items = [r.as_item() for r in batch]
-        canary_ids = sorted({i.canary_id for i in items if i.canary_id is not None})
-        if canary_ids:
-            items = routing.at_run(items, self.rt.store.canaries_by_id(canary_ids))
+        items = routing.confirm([r.as_item() for r in batch], self.rt.store.canaries_by_id)
         if all(r.ids is not None for r in batch):  # measured by the gateway: not again here
             lengths, ids = tokens.from_rows([row for r in batch for row in r.ids or ()])
         else:

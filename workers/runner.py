@@ -101,9 +101,7 @@ def claim(rt: Runtime, token: str, send: Send) -> Work | str:
         return got.outcome.value
     mb = got.micro_batch
     rt.leases.hold(mb)
-    canary_ids = sorted({item.canary_id for item in mb.items if item.canary_id is not None})
-    if canary_ids:  # the arm stands only while its canary still runs
-        mb.items = routing.at_run(mb.items, rt.store.canaries_by_id(canary_ids))
+    mb.items = routing.confirm(mb.items, rt.store.canaries_by_id)  # arms of running canaries
     rows = item_rows(mb.items)
     if mb.tokens is not None:
         lengths, ids = tokens.unpack_lengths_and_ids(mb.tokens)

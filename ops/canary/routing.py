@@ -12,7 +12,7 @@ aborted or paused after an item was queued no longer serves it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from schemas.canary import Arm, Canary, CanaryState
 from schemas.microbatch import Item
@@ -52,6 +52,14 @@ def route(items: Sequence[Item], tenant: str, routes: Mapping[str, Canary],
                 "arm": Arm.STABLE, "canary_id": canary.id, "canary_step": canary.step,
             }))
     return out
+
+
+def confirm(items: list[Item], lookup: Callable[[Sequence[str]], Mapping[str, Canary]]
+            ) -> list[Item]:
+    """`at_run` with the items' canaries as `lookup` (the store) has them now; no lookup when
+    no item is under a canary."""
+    ids = sorted({item.canary_id for item in items if item.canary_id is not None})
+    return at_run(items, lookup(ids)) if ids else items
 
 
 def at_run(items: Sequence[Item], canaries: Mapping[str, Canary]) -> list[Item]:
