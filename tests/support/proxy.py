@@ -25,6 +25,11 @@ class TcpProxy:
             for sock in self._open:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                    # A close alone does not end a recv blocked on the socket in a pump thread,
+                    # so the peer would see nothing and wait out its read timeout; shutdown
+                    # wakes the pump and tells the peer now.
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
                     sock.close()
             self._open.clear()
 
