@@ -54,6 +54,7 @@ bench: install wrk
 	$(PY) bench/overhead.py --json bench-results/overhead.json
 	$(PY) bench/pipeline.py --json bench-results/pipeline.json
 	$(PY) bench/kernels.py --json bench-results/kernels.json
+	$(PY) bench/kernels.py --model --json bench-results/kernel_model.json
 	$(PY) bench/online.py --json bench-results/online.json
 	$(PY) bench/recovery.py --json bench-results/recovery.json
 	$(PY) bench/fairness.py --json bench-results/fairness.json
@@ -66,6 +67,7 @@ soak: install
 
 check-kernels: install
 	$(PY) -m kernels.check --tol 1e-3
+	$(PY) -m kernels.check --aot
 
 lint: install
 	$(VENV)/bin/ruff check .

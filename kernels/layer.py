@@ -4,9 +4,10 @@ One forward serves a batch whose sequences use different adapters (or none): eac
 names a slot in the stack (-1 = base only); routing runs per slot with that adapter's own
 settings, and one `bem_linear` call computes every row.
 
-Adapters may differ in experts E and rank r: the stack is padded to the largest E·r with zero
-components (zero A rows, zero B columns, zero gates), which contribute nothing. Each adapter's
-scale α/r is folded into its B when the stack is built, so the kernel runs with scale 1.
+Adapters may differ in experts E and rank r: the stack is padded to the largest E·r (rounded
+up to a multiple of 16) with zero components (zero A rows, zero B columns, zero gates), which
+contribute nothing. Each adapter's scale α/r is folded into its B when the stack is built, so
+the kernel runs with scale 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from kernels import dispatch
+from kernels.kron import Factors, kron_apply, kron_shapes
 from kernels.layout import RowLayout, to_device
 
 
@@ -32,17 +34,20 @@ class Routing:
 class SiteAdapter:
     """One adapter's weights at one linear site.
 
-    A (E·r, d_in); B (d_out, E·r); router (E, d_in); film_gamma, film_beta (d_out,) or None."""
+    A (E·r, d_in); B (d_out, E·r); router (E, d_in); film_gamma, film_beta (d_out,) or None.
+    A Kronecker-factored adapter (`kron`: (K₁, K₂) or (K₁, K₂ᴮ, K₂ᴬ), `kernels.kron`) has no
+    experts: A and B are empty (rank 0), router None, and ΔW = scale · (K₁ ⊗ K₂)."""
 
     A: torch.Tensor
     B: torch.Tensor
-    router: torch.Tensor
+    router: torch.Tensor | None
     experts: int
     rank: int
     scale: float
     routing: Routing = Routing()
     film_gamma: torch.Tensor | None = None
     film_beta: torch.Tensor | None = None
+    kron: Factors | None = None
 
 
 @dataclasses.dataclass
@@ -53,9 +58,9 @@ class BEMContext:
     seq_slots (S,) long: each sequence's adapter slot, -1 = base only; mask (S, L) bool: real
     tokens; rows_by_slot: each used slot's sequence indices; token_slots (S·L,): each token's
     slot, -1 for padding and base-only rows; seq_of_token (S·L,): each token's sequence;
-    layout: the fused kernel's row layout; rank_mask (S, R_max) or None: optional dynamic-rank
-    mask per sequence; usage: when given, each site adds to each slot's (rows, E) counts of
-    every sequence's real tokens by top-1 expert (on the device)."""
+    layout: the kernels' row layout; rank_mask (S, R_max) or None: each sequence's
+    dynamic-rank mask (`budget_mask`); usage: when given, each site adds to each slot's
+    (rows, E) counts of every sequence's real tokens by top-1 expert (on the device)."""
 
     seq_slots: torch.Tensor
     mask: torch.Tensor
@@ -70,7 +75,8 @@ class BEMContext:
     def plan(cls, seq_slots: list[int], mask: torch.Tensor, device: torch.device, *,
              rank_mask: torch.Tensor | None = None,
              usage: dict[int, torch.Tensor] | None = None) -> BEMContext:
-        """The context of one forward from each sequence's slot and the host's (S, L) mask."""
+        """The context of one forward from each sequence's slot, the host's (S, L) mask and,
+        for rank budgets, the host's (S, R_max) rank mask."""
         if mask.device.type != "cpu":
             raise ValueError("BEMContext.plan needs the mask on the host")
         S, L = mask.shape
@@ -86,7 +92,8 @@ class BEMContext:
             token_slots=to_device(token_slots, device),
             seq_of_token=to_device(torch.arange(S, dtype=torch.int32).repeat_interleave(L),
                                    device),
-            layout=RowLayout(token_slots, device), rank_mask=rank_mask, usage=usage)
+            layout=RowLayout(token_slots, device),
+            rank_mask=None if rank_mask is None else to_device(rank_mask, device), usage=usage)
 
     @property
     def any_adapter(self) -> bool:
@@ -120,7 +127,8 @@ class BEMLinear(nn.Module):
         if not slots:
             self._A = self._B = self._gamma = self._beta = None
             return
-        width = max(s.experts * s.rank for s in slots)
+        # Padded to a multiple of 16: the kernels' aligned (vectorised) launch needs it.
+        width = stack_width([(s.experts, s.rank) for s in slots])
         A = torch.zeros((len(slots), width, self.in_features), dtype=w.dtype, device=w.device)
         B = torch.zeros((len(slots), self.out_features, width), dtype=w.dtype, device=w.device)
         for i, s in enumerate(slots):
@@ -154,8 +162,14 @@ class BEMLinear(nn.Module):
         y = dispatch.bem_linear(
             x.reshape(S * L, -1), self.base.weight, self.base.bias, self._A, self._B,
             ctx.token_slots, gates.reshape(S * L, -1), 1.0, layout=ctx.layout, **film,
-        )
-        return y.view(S, L, -1)
+        ).view(S, L, -1)
+        for slot, rows in ctx.rows_by_slot.items():  # Kronecker adapters: their own update
+            site = self.slots[slot]
+            if site.kron is not None:
+                delta = kron_apply(x[rows].reshape(-1, self.in_features), site.kron, site.scale)
+                keep = ctx.mask[rows][..., None].to(delta.dtype)  # padding gets no update
+                y[rows] = y[rows] + delta.view(len(rows), L, -1) * keep
+        return y
 
     def gates(self, x: torch.Tensor, ctx: BEMContext) -> torch.Tensor:
         """Per-token gates c (S, L, R_max): chunk-sticky routing per slot, zero on padding and
@@ -165,6 +179,8 @@ class BEMLinear(nn.Module):
         out = torch.zeros((S, L, self._A.shape[1]), dtype=x.dtype, device=x.device)
         for slot, rows in ctx.rows_by_slot.items():
             site = self.slots[slot]
+            if site.router is None:  # a Kronecker adapter: not routed, no low-rank experts
+                continue
             logits = torch.einsum("sli,ei->sle", x[rows].float(), site.router.float().to(x.device))
             r = site.routing
             g = dispatch.route_chunks(logits, ctx.mask[rows], chunk=r.chunk, tau=r.tau,
@@ -181,9 +197,36 @@ class BEMLinear(nn.Module):
         return out
 
 
+def stack_width(shapes: list[tuple[int, int]]) -> int:
+    """Rank components of a stack of adapters of (experts, rank) `shapes`, as `set_adapters`
+    pads it: the largest E·r rounded up to a multiple of 16."""
+    return max(16, -(-max(E * r for E, r in shapes) // 16) * 16)
+
+
+def budget_mask(seq_slots: list[int], budgets: list[int | None],
+                shapes: list[tuple[int, int]]) -> torch.Tensor | None:
+    """(S, R_max) host mask for rank budgets: sequence i keeps, in each expert of its slot's
+    adapter, the first `budgets[i]` rank components (all with None or a base-only row); None
+    when no sequence has a budget. `shapes`: each slot's (experts, rank)."""
+    if all(b is None for b in budgets):
+        return None
+    mask = torch.ones(len(seq_slots), stack_width(shapes))
+    for i, (slot, budget) in enumerate(zip(seq_slots, budgets, strict=True)):
+        if slot >= 0 and budget is not None:
+            E, r = shapes[slot]
+            mask[i, : E * r] = (torch.arange(r) < budget).float().repeat(E)
+    return mask
+
+
 def _check_shapes(s: SiteAdapter, d_in: int, d_out: int) -> None:
     R = s.experts * s.rank
-    expected = {"A": (R, d_in), "B": (d_out, R), "router": (s.experts, d_in)}
+    expected = {"A": (R, d_in), "B": (d_out, R)}
+    if s.kron is not None:
+        if s.film_gamma is not None or kron_shapes(s.kron) != (d_out, d_in):
+            raise ValueError(f"Kronecker factors give ΔW {kron_shapes(s.kron)}, this site needs "
+                             f"{(d_out, d_in)}, and take no FiLM")
+    else:
+        expected["router"] = (s.experts, d_in)
     for name, shape in expected.items():
         got = tuple(getattr(s, name).shape)
         if got != shape:

@@ -63,7 +63,11 @@ class RowLayout:
             raise ValueError("RowLayout needs the ids on the host")
         self.ids = host_ids.to(torch.int32).reshape(-1)
         self.device = device
-        self.any_adapter = bool((self.ids >= 0).any())
+        adapter_ids = self.ids[self.ids >= 0]
+        self.any_adapter = bool(adapter_ids.numel())
+        # Mean rows per adapter: short segments get short row blocks (`kernels.tiles.pick`).
+        self.segment_rows = (adapter_ids.numel() / len(torch.unique(adapter_ids))
+                             if self.any_adapter else 0.0)
         self._tables: dict[tuple[int, bool], Blocks] = {}
 
     @classmethod

@@ -47,6 +47,15 @@ def bem_linear(
     return y.to(x.dtype)
 
 
+def kron_delta(x: torch.Tensor, factors: tuple[torch.Tensor, ...], scale: float) -> torch.Tensor:
+    """s · x ΔWᵀ with ΔW = K₁ ⊗ K₂ formed explicitly (K₂ = K₂ᴮ K₂ᴬ when factored), in fp32,
+    back in x's dtype. x (n, d_in); K₁ (a, b); K₂ (c, d) or K₂ᴮ (c, k), K₂ᴬ (k, d); d_out = a·c,
+    d_in = b·d. The specification `kernels.kron.kron_apply` must match."""
+    f = [t.float() for t in factors]
+    K2 = f[1] if len(f) == 2 else f[1] @ f[2]
+    return (scale * (x.float() @ torch.kron(f[0], K2).T)).to(x.dtype)
+
+
 def film(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None,
          seq_ids: torch.Tensor | None) -> torch.Tensor:
     """y ← γ[seq] ⊙ y + β[seq].  y (T, d_out); gamma, beta (S, d_out); seq_ids (T,)."""

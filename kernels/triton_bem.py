@@ -1,17 +1,26 @@
-"""Fused Triton kernels for the BEM operator; same names and signatures as `kernels.reference`.
+"""Triton kernels for the BEM operator; same name and signature as `kernels.reference`.
 
-`bem_linear`: the base GEMM runs in cuBLAS (`F.linear`); one fused kernel then adds the adapter
-update onto that output in place. Rows are grouped by adapter id as Punica's SGMV does: rows are
-sorted by id, each segment is cut into blocks of BLOCK_M rows, and each program handles one
-block: shrink h = x A[a]ᵀ (kept in registers), gate h ⊙ c · s, then expand h B[a]ᵀ over its
-share of the output columns, adding onto y, with the FiLM epilogue fused into the same store.
-Blocks of base-only rows (id -1) are skipped entirely unless FiLM must still be applied.
+`bem_linear`: the base GEMM runs in cuBLAS (`F.linear`); two kernels then add the adapter
+update, as Punica's SGMV and vLLM's lora_shrink / lora_expand do. Rows are grouped by adapter
+id (`kernels.layout`): each program takes a block of at most BLOCK_M rows of one adapter.
+1. Shrink: h = (x A[a]ᵀ ⊙ c) · s, once per row (one program per row block, the whole rank),
+   written to a small fp32 buffer (T × R).
+2. Expand: y += h B[a]ᵀ, one program per row block and BLOCK_N output columns, with the FiLM
+   epilogue (γ ⊙ y + β) fused into the same store; with FiLM, blocks of base-only rows (id -1)
+   are visited too and only FiLM is applied to them.
+No row's shrink is computed twice (an earlier kernel redid it for every share of the output
+columns), and the expand's programs are independent, so they fill the GPU.
 
-Tiles load in the input dtype and multiply in fp32 registers (IEEE for fp32 inputs, TF32 for
-fp16/bf16): the adapter update is a few percent of the base GEMM's FLOPs, so precision costs
-less here than tensor-core rate would gain, and memory traffic is the same.
+Why not one kernel that also does the base product (x read once, y written once: fewer bytes):
+measured on an H100 at MiniLM's sites, a Triton GEMM over gathered rows took 1.3–2× as long as
+cuBLAS plus these adapter passes (README, kernel section). The cost model in
+`bench/kernels.py --model` shows what such a kernel would save if it matched cuBLAS.
 
-Runs on CUDA tensors, or on CPU under TRITON_INTERPRET=1 (tests).
+Tiles load in the input dtype and multiply as fp32 on tensor cores: TF32 for fp16/bf16 inputs
+(the adapter update is a few percent of the base GEMM's FLOPs), three TF32 passes (`tf32x3`,
+within fp32's rounding) for fp32 inputs, whose IEEE `dot` would hold its operands in registers
+and spill. Block sizes come from
+`kernels.tiles`. Runs on CUDA tensors, or on CPU under TRITON_INTERPRET=1 (tests).
 """
 
 from __future__ import annotations
@@ -21,74 +30,94 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels import tiles
 from kernels.layout import RowLayout
 
 
 @triton.jit
-def _bem_fused_kernel(
-    x_ptr, y_ptr, a_ptr, b_ptr, gates_ptr, gamma_ptr, beta_ptr, seq_ptr,
+def _bem_shrink_kernel(
+    x_ptr, a_ptr, gates_ptr, h_ptr,
     rows_ptr, blk_start_ptr, blk_len_ptr, blk_adapter_ptr,
-    d_in, d_out, rank_total, scale, cols_per_split,
-    stride_x, stride_y, stride_an, stride_ar, stride_bn, stride_bo, stride_g, stride_f,
-    HAS_FILM: tl.constexpr, HAS_BETA: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    d_in, rank_total, scale,
+    stride_x, stride_an, stride_ar, stride_g, stride_h,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    start = tl.load(blk_start_ptr + pid_m)
+    count = tl.load(blk_len_ptr + pid_m)
+    adapter = tl.load(blk_adapter_ptr + pid_m).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)
+    m_mask = offs_m < count
+    rows = tl.load(rows_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
+    offs_r = tl.arange(0, BLOCK_R)
+    r_mask = offs_r < rank_total
+    offs_k0 = tl.arange(0, BLOCK_K)
+
+    h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for k0 in range(0, d_in, BLOCK_K):
+        offs_k = k0 + offs_k0
+        k_mask = offs_k < d_in
+        xt = tl.load(x_ptr + rows[:, None] * stride_x + offs_k[None, :],
+                     mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        at = tl.load(a_ptr + adapter * stride_an + offs_r[:, None] * stride_ar + offs_k[None, :],
+                     mask=r_mask[:, None] & k_mask[None, :], other=0.0)
+        h = tl.dot(xt.to(tl.float32), tl.trans(at.to(tl.float32)), h, input_precision=PRECISION)
+    tile = m_mask[:, None] & r_mask[None, :]
+    g = tl.load(gates_ptr + rows[:, None] * stride_g + offs_r[None, :], mask=tile, other=0.0)
+    tl.store(h_ptr + rows[:, None] * stride_h + offs_r[None, :], h * g.to(tl.float32) * scale,
+             mask=tile)
+
+
+@triton.jit
+def _bem_expand_kernel(
+    h_ptr, b_ptr, y_ptr, gamma_ptr, beta_ptr, seq_ptr,
+    rows_ptr, blk_start_ptr, blk_len_ptr, blk_adapter_ptr,
+    d_out, rank_total,
+    stride_h, stride_bn, stride_bo, stride_y, stride_f,
+    HAS_FILM: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     start = tl.load(blk_start_ptr + pid_m)
     count = tl.load(blk_len_ptr + pid_m)
     adapter = tl.load(blk_adapter_ptr + pid_m)
-    has_adapter = adapter >= 0
-    a_idx = tl.maximum(adapter, 0).to(tl.int64)
-
     offs_m = tl.arange(0, BLOCK_M)
     m_mask = offs_m < count
     rows = tl.load(rows_ptr + start + offs_m, mask=m_mask, other=0).to(tl.int64)
-    offs_r = tl.arange(0, BLOCK_R)
-    # Base-only blocks (FiLM only) read no adapter data: their rank and x masks are empty.
-    r_mask = offs_r < tl.where(has_adapter, rank_total, 0)
-    x_mask = offs_m < tl.where(has_adapter, count, 0)
-
-    # Shrink: h = x A[a]ᵀ, accumulated in fp32 over d_in.
-    h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-    for k0 in range(0, d_in, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < d_in
-        xt = tl.load(x_ptr + rows[:, None] * stride_x + offs_k[None, :],
-                     mask=x_mask[:, None] & k_mask[None, :], other=0.0)
-        at = tl.load(a_ptr + a_idx * stride_an + offs_r[:, None] * stride_ar + offs_k[None, :],
-                     mask=r_mask[:, None] & k_mask[None, :], other=0.0)
-        h += tl.dot(xt.to(tl.float32), tl.trans(at.to(tl.float32)), input_precision=PRECISION)
-
-    # Gate: h ⊙ c · s.
-    g = tl.load(gates_ptr + rows[:, None] * stride_g + offs_r[None, :],
-                mask=m_mask[:, None] & r_mask[None, :], other=0.0)
-    h = h * g.to(tl.float32) * scale
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < d_out
+    tile = m_mask[:, None] & n_mask[None, :]
+    y_ptrs = y_ptr + rows[:, None] * stride_y + offs_n[None, :]
+    acc = tl.load(y_ptrs, mask=tile, other=0.0).to(tl.float32)
+    if adapter >= 0:
+        offs_r = tl.arange(0, BLOCK_R)
+        r_mask = offs_r < rank_total
+        h = tl.load(h_ptr + rows[:, None] * stride_h + offs_r[None, :],
+                    mask=m_mask[:, None] & r_mask[None, :], other=0.0)
+        bt = tl.load(b_ptr + adapter.to(tl.int64) * stride_bn + offs_n[None, :] * stride_bo
+                     + offs_r[:, None], mask=r_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(h, bt.to(tl.float32), acc, input_precision=PRECISION)
     if HAS_FILM:
         seq = tl.load(seq_ptr + rows, mask=m_mask, other=0).to(tl.int64)
+        f_offs = seq[:, None] * stride_f + offs_n[None, :]
+        gam = tl.load(gamma_ptr + f_offs, mask=tile, other=1.0)
+        bet = tl.load(beta_ptr + f_offs, mask=tile, other=0.0)
+        acc = acc * gam.to(tl.float32) + bet.to(tl.float32)
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=tile)
 
-    # Expand onto this program's share of the output columns, then the FiLM epilogue.
-    n_lo = pid_n * cols_per_split
-    n_hi = tl.minimum(n_lo + cols_per_split, d_out)
-    for n0 in range(n_lo, n_hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < n_hi
-        tile_mask = m_mask[:, None] & n_mask[None, :]
-        y_ptrs = y_ptr + rows[:, None] * stride_y + offs_n[None, :]
-        acc = tl.load(y_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-        bt = tl.load(b_ptr + a_idx * stride_bn + offs_n[None, :] * stride_bo + offs_r[:, None],
-                     mask=r_mask[:, None] & n_mask[None, :], other=0.0)
-        acc += tl.dot(h, bt.to(tl.float32), input_precision=PRECISION)
-        if HAS_FILM:
-            gam = tl.load(gamma_ptr + seq[:, None] * stride_f + offs_n[None, :], mask=tile_mask,
-                          other=1.0)
-            acc = acc * gam.to(tl.float32)
-            if HAS_BETA:
-                bet = tl.load(beta_ptr + seq[:, None] * stride_f + offs_n[None, :],
-                              mask=tile_mask, other=0.0)
-                acc = acc + bet.to(tl.float32)
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=tile_mask)
+
+def precision(dtype: torch.dtype) -> str:
+    """`tl.dot` input precision of the adapter path for inputs of `dtype`."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def all_aligned(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether Triton will specialise the launch as aligned (`kernels.tiles`): every pointer
+    16-byte aligned, every size and row stride a multiple of 16 elements."""
+    return all(t.data_ptr() % 16 == 0 and all(n % 16 == 0 for n in t.shape[-1:] + t.stride()[:-1])
+               for t in tensors)
 
 
 def bem_linear(
@@ -105,7 +134,7 @@ def bem_linear(
     seq_ids: torch.Tensor | None = None,
     layout: RowLayout | None = None,
 ) -> torch.Tensor:
-    """Fused form of `kernels.reference.bem_linear` (same semantics and shapes). `layout`: the
+    """Kernel form of `kernels.reference.bem_linear` (same semantics and shapes). `layout`: the
     rows' layout worked out on the host (`kernels.layout`); without it the ids are read back
     here, which waits for the device."""
     if film_gamma is not None and seq_ids is None:
@@ -114,7 +143,6 @@ def bem_linear(
     y = F.linear(x, weight, bias).contiguous()
     T, d_in = x.shape
     d_out = y.shape[1]
-    rank_total = A.shape[1]
     has_film = film_gamma is not None
     if T == 0:
         return y
@@ -122,29 +150,36 @@ def bem_linear(
     if not has_film and not layout.any_adapter:
         return y
     A, B, gates = A.contiguous(), B.contiguous(), gates.contiguous()
-    block_m = 16 if T <= 256 else 32
-    table = layout.blocks(block_m, keep_base=has_film)
-    block_n = 64
-    block_r = max(16, triton.next_power_of_2(rank_total))
-    n_blocks = table.count
-    if n_blocks == 0:
-        return y
-    target_programs = 264  # two waves on a 132-SM H100; harmless elsewhere
-    splits = max(1, min(triton.cdiv(d_out, block_n), triton.cdiv(target_programs, n_blocks)))
-    cols_per_split = triton.cdiv(triton.cdiv(d_out, splits), block_n) * block_n
-    splits = triton.cdiv(d_out, cols_per_split)
+    R = A.shape[1]
+    # A missing FiLM shift is zeros: the kernels' variants (and what `kernels.check --aot`
+    # compiles) are then FiLM on or off.
     gamma = film_gamma.contiguous() if has_film else y
-    beta = film_beta.contiguous() if film_beta is not None else y
+    beta = (film_beta.contiguous() if film_beta is not None else torch.zeros_like(gamma)) \
+        if has_film else y
+    h = torch.empty((T, R), dtype=torch.float32, device=x.device)
+    aligned = all_aligned((x, y, A, B, gates, h, gamma, beta))
+    t = tiles.pick(layout.segment_rows, R, x.dtype, aligned)
+    adapter_rows = layout.blocks(t.block_m, keep_base=False)
+    if adapter_rows.count:
+        _bem_shrink_kernel[(adapter_rows.count,)](
+            x, A, gates, h,
+            adapter_rows.order, adapter_rows.starts, adapter_rows.lens, adapter_rows.adapters,
+            d_in, R, float(scale),
+            x.stride(0), A.stride(0), A.stride(1), gates.stride(0), h.stride(0),
+            PRECISION=precision(x.dtype), BLOCK_M=t.block_m, BLOCK_K=t.block_k,
+            BLOCK_R=t.block_r, num_warps=t.num_warps, num_stages=t.num_stages,
+        )
+    table = layout.blocks(t.block_m, keep_base=True) if has_film else adapter_rows
+    if table.count == 0:
+        return y
     seq = seq_ids.to(torch.int32).contiguous() if has_film else table.order
-    _bem_fused_kernel[(n_blocks, splits)](
-        x, y, A, B, gates, gamma, beta, seq,
+    _bem_expand_kernel[(table.count, triton.cdiv(d_out, t.block_n))](
+        h, B, y, gamma, beta, seq,
         table.order, table.starts, table.lens, table.adapters,
-        d_in, d_out, rank_total, float(scale), cols_per_split,
-        x.stride(0), y.stride(0), A.stride(0), A.stride(1), B.stride(0), B.stride(1),
-        gates.stride(0), gamma.stride(0),
-        HAS_FILM=has_film, HAS_BETA=film_beta is not None,
-        PRECISION="tf32" if x.dtype in (torch.float16, torch.bfloat16) else "ieee",
-        BLOCK_M=block_m, BLOCK_K=64, BLOCK_R=block_r, BLOCK_N=block_n,
+        d_out, R,
+        h.stride(0), B.stride(0), B.stride(1), y.stride(0), gamma.stride(0),
+        HAS_FILM=has_film, PRECISION=precision(x.dtype),
+        BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_R=t.block_r,
+        num_warps=t.num_warps, num_stages=t.num_stages,
     )
     return y
-

@@ -51,14 +51,8 @@ def validate_file(path: Path, model: ModelFiles, served: str) -> AdapterMeta:
     if meta.base_model != served:
         raise InvalidAdapter(f"{path}: made for {meta.base_model!r}, this deployment serves "
                              f"{served!r}")
-    R = meta.experts * meta.rank
-    expected: dict[str, tuple[int, ...]] = {}
-    for site, (d_in, d_out) in model.adapter_sites().items():
-        expected |= {f"{site}.A": (R, d_in), f"{site}.B": (d_out, R),
-                     f"{site}.router": (meta.experts, d_in)}
-        for opt in OPTIONAL_TENSORS:
-            if f"{site}.{opt}" in shapes:
-                expected[f"{site}.{opt}"] = (d_out,)
+    expected = (kronecker_tensors(meta, model, path) if meta.kind == "kronecker"
+                else lowrank_tensors(meta, model, shapes))
     for name, shape in expected.items():
         if name not in shapes:
             raise InvalidAdapter(f"{path}: missing tensor {name}")
@@ -69,6 +63,37 @@ def validate_file(path: Path, model: ModelFiles, served: str) -> AdapterMeta:
     if extra:
         raise InvalidAdapter(f"{path}: unexpected tensors {extra[:5]}")
     return meta
+
+
+def lowrank_tensors(meta: AdapterMeta, model: ModelFiles,
+                    shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    R = meta.experts * meta.rank
+    expected: dict[str, tuple[int, ...]] = {}
+    for site, (d_in, d_out) in model.adapter_sites().items():
+        expected |= {f"{site}.A": (R, d_in), f"{site}.B": (d_out, R),
+                     f"{site}.router": (meta.experts, d_in)}
+        for opt in OPTIONAL_TENSORS:
+            if f"{site}.{opt}" in shapes:
+                expected[f"{site}.{opt}"] = (d_out,)
+    return expected
+
+
+def kronecker_tensors(meta: AdapterMeta, model: ModelFiles,
+                      path: Path) -> dict[str, tuple[int, ...]]:
+    """K₁ (a, b) and K₂ (d_out/a, d_in/b), or its factors, at every site (`schemas.adapters`)."""
+    assert meta.kron_shape is not None
+    a, b = meta.kron_shape
+    k = meta.kron_rank
+    expected: dict[str, tuple[int, ...]] = {}
+    for site, (d_in, d_out) in model.adapter_sites().items():
+        if d_out % a or d_in % b:
+            raise InvalidAdapter(f"{path}: kron_shape {a},{b} does not divide {site}'s "
+                                 f"{d_out} × {d_in}")
+        c, d = d_out // a, d_in // b
+        expected[f"{site}.K1"] = (a, b)
+        expected |= ({f"{site}.K2_B": (c, k), f"{site}.K2_A": (k, d)} if k
+                     else {f"{site}.K2": (c, d)})
+    return expected
 
 
 def add(store: Store, blobs: Blobs, name: str, path: Path, model: ModelFiles,

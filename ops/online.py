@@ -70,11 +70,12 @@ class OnlineRequest(BaseModel):
     arm: Arm | None = None
     canary_id: str | None = None
     canary_step: int | None = None
+    rank: int | None = None  # the request's rank budget
 
     def as_item(self) -> Item:
         """The request as the worker embeds it (one item, the request id as its custom_id)."""
         return Item(line=0, custom_id=self.id, texts=self.texts, lengths=self.lengths,
-                    model=self.model, adapter=self.adapter, arm=self.arm,
+                    model=self.model, adapter=self.adapter, rank=self.rank, arm=self.arm,
                     canary_id=self.canary_id, canary_step=self.canary_step)
 
 

@@ -205,7 +205,7 @@ class Client:
         check = validate_jsonl(self.blobs.get(input_key), model=self.model,
                                served=cfg.model_name, max_lines=cfg.max_lines,
                                max_bytes=cfg.max_file_bytes,
-                               known_adapters=frozenset(a.name for a in self.adapters()),
+                               known_adapters={a.name: a.rank for a in self.adapters()},
                                truncate=truncate)
         if not check.errors and cfg.tenant_max_queued_tokens:
             tokens = sum(sum(item.lengths) for item in check.items)

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import gc
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from pydantic import ValidationError
 
@@ -38,11 +38,13 @@ class Validation:
 
 
 def validate_jsonl(data: bytes, *, model: ModelFiles, served: str, max_lines: int,
-                   max_bytes: int, known_adapters: frozenset[str] | None = None,
+                   max_bytes: int, known_adapters: Mapping[str, int] | None = None,
                    truncate: bool = False) -> Validation:
     """Parse and check an OpenAI-style batch file; items come back with token lengths.
 
-    `known_adapters=None` accepts any adapter name (checked later by the worker). `truncate`:
+    `known_adapters`: each registered adapter's rank by name; None accepts any adapter name
+    and rank budget (the worker checks the name, and serves a budget above the rank at full
+    rank). `truncate`:
     whether a line that does not set `body.truncate` cuts over-long inputs (the job's default;
     a line's own setting wins)."""
     result = Validation(items=[], errors=[])
@@ -65,7 +67,7 @@ def validate_jsonl(data: bytes, *, model: ModelFiles, served: str, max_lines: in
 
 
 def _check_lines(result: Validation, numbered: list[tuple[int, bytes]], model: ModelFiles,
-                 served: str, known_adapters: frozenset[str] | None, truncate: bool) -> None:
+                 served: str, known_adapters: Mapping[str, int] | None, truncate: bool) -> None:
     seen: dict[str, int] = {}
     parsed: list[tuple[int, InputLine, str | None]] = []
     for n, raw in numbered:
@@ -83,6 +85,10 @@ def _check_lines(result: Validation, numbered: list[tuple[int, bytes]], model: M
             adapter = resolve_adapter(line.body.model, served, is_known)
         except UnknownModel as exc:
             result.add("model_not_found", str(exc), n, "body.model")
+            continue
+        problem = rank_problem(line.body.rank, adapter, known_adapters)
+        if problem is not None:
+            result.add("invalid_value", f"body.rank: {problem}", n, "body.rank")
             continue
         parsed.append((n, line, adapter))
     _measure(result, parsed, model, truncate)
@@ -110,6 +116,19 @@ def resolve_adapter(requested: str, served: str,
     if adapter is not None and is_known is not None and not is_known(adapter):
         raise UnknownModel(f"unknown adapter {adapter!r}")
     return adapter
+
+
+def rank_problem(budget: int | None, adapter: str | None,
+                 ranks: Mapping[str, int] | None) -> str | None:
+    """What is wrong with a request's rank budget, if anything: it needs an adapter, and may
+    not exceed that adapter's rank (when `ranks`, each adapter's rank by name, is known)."""
+    if budget is None:
+        return None
+    if adapter is None:
+        return "a rank budget needs an adapter (model 'base:adapter'); the base model has none"
+    if ranks is not None and adapter in ranks and budget > ranks[adapter]:
+        return f"{budget} is above adapter {adapter!r}'s rank {ranks[adapter]}"
+    return None
 
 
 def token_ids(model: ModelFiles, texts: list[str]) -> list[list[int]]:
@@ -180,7 +199,7 @@ def _measure(result: Validation, parsed: list[tuple[int, InputLine, str | None]]
         result.items.append(Item(
             line=n, custom_id=line.custom_id, texts=line.body.texts,
             lengths=[min(length, limit) for length in lengths], truncate=cuts,
-            model=line.body.model, adapter=adapter,
+            model=line.body.model, adapter=adapter, rank=line.body.rank,
         ))
         result.ids[n] = ids
         cut += [(ids, i, line.body.texts[i]) for i in too_long]

@@ -72,14 +72,16 @@ def check_input(value: Any) -> Any:
 
 
 class EmbeddingBody(BaseModel):
-    """`body` of an embeddings request line; `truncate` is ours: cut over-long inputs instead of
-    failing them."""
+    """`body` of an embeddings request line; `truncate` and `rank` are ours: cut over-long
+    inputs instead of failing them; serve the adapter at a rank budget (each expert keeps its
+    first `rank` components; at most the adapter's rank)."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
     input: str | list[str]
     truncate: bool = False
+    rank: int | None = Field(None, ge=1)
     encoding_format: Literal["float"] = "float"
 
     _input_rule = field_validator("input", mode="before")(check_input)

@@ -33,6 +33,7 @@ class Item(BaseModel):
     truncate: bool = False
     model: str
     adapter: str | None = None  # the adapter that serves it (after canary routing)
+    rank: int | None = None  # the request's rank budget (`body.rank`), None: the adapter's own
     # Under a canary rollout: the arm, the canary and its step when the item was routed, and
     # for a sample of canary items the stable version to compute alongside (shadow).
     arm: Arm | None = None

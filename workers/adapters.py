@@ -10,6 +10,7 @@ import hashlib
 import torch
 from safetensors.torch import load, save
 
+from kernels.kron import kron_shapes
 from kernels.layer import Routing, SiteAdapter
 from ops.blobs import Blobs
 from ops.models import ModelFiles
@@ -32,15 +33,33 @@ def parse(data: bytes, device: torch.device, dtype: torch.dtype) -> tuple[Sites,
     size = 0
     for key in sorted({k.rsplit(".", 1)[0] for k in tensors}):
         parts = {k: tensors[f"{key}.{k}"].to(device=device, dtype=dtype)
-                 for k in ("A", "B", "router", "film_gamma", "film_beta")
+                 for k in ("A", "B", "router", "film_gamma", "film_beta", "K1", "K2", "K2_B",
+                           "K2_A")
                  if f"{key}.{k}" in tensors}
         size += sum(t.numel() * t.element_size() for t in parts.values())
+        if meta.kind == "kronecker":
+            factors = ((parts["K1"], parts["K2"]) if "K2" in parts
+                       else (parts["K1"], parts["K2_B"], parts["K2_A"]))
+            d_out, d_in = kron_shapes(factors)
+            sites[key] = SiteAdapter(
+                A=parts["K1"].new_zeros((0, d_in)), B=parts["K1"].new_zeros((d_out, 0)),
+                router=None, experts=1, rank=0, scale=meta.scale, kron=factors)
+            continue
+        if meta.ranks is not None:  # dynamic rank: drop each expert's components past its rank
+            dropped = ~rank_keep(meta.experts, meta.rank, meta.ranks).to(device)
+            parts["A"][dropped] = 0
+            parts["B"][:, dropped] = 0
         sites[key] = SiteAdapter(
             A=parts["A"], B=parts["B"], router=parts["router"], experts=meta.experts,
             rank=meta.rank, scale=meta.scale, routing=routing,
             film_gamma=parts.get("film_gamma"), film_beta=parts.get("film_beta"),
         )
     return sites, size
+
+
+def rank_keep(experts: int, rank: int, ranks: list[int]) -> torch.Tensor:
+    """(E·r,) bool: the components expert e keeps at rank ranks[e] (its first ranks[e])."""
+    return (torch.arange(rank)[None, :] < torch.tensor(ranks)[:, None]).reshape(experts * rank)
 
 
 def _metadata(data: bytes) -> dict[str, str]:
@@ -83,10 +102,17 @@ class AdapterCache:
 
 def make_adapter(model: ModelFiles, *, experts: int = 4, rank: int = 8, alpha: float = 16.0,
                  seed: int = 0, b_std: float = 0.02, film: bool = False,
-                 routing: Routing | None = None, fill: float | None = None) -> bytes:
+                 routing: Routing | None = None, fill: float | None = None,
+                 ranks: list[int] | None = None,
+                 kron_shape: tuple[int, int] | None = None, kron_rank: int = 0) -> bytes:
     """A random adapter for `model`: A ~ N(0, 1/d_in), B ~ N(0, b_std²) (b_std=0 gives the
     LoRA initialisation, an exact no-op), routers ~ N(0, 1/d_in). `fill` sets every B entry
-    to one value instead (e.g. nan, or a huge number, for failure tests)."""
+    to one value instead (e.g. nan, or a huge number, for failure tests). `ranks`: each
+    expert's served rank (dynamic rank), stored in the metadata. `kron_shape` (a, b) makes a
+    Kronecker-factored adapter instead (K₁ (a, b) ~ N(0, 1/b), K₂ ~ N(0, b_std²) or, with
+    `kron_rank` k, its factors K₂ᴮ ~ N(0, b_std²) and K₂ᴬ ~ N(0, 1/d); `schemas.adapters`)."""
+    if kron_shape is not None:
+        return _make_kronecker(model, kron_shape, kron_rank, alpha, seed, b_std)
     routing = routing or Routing()
     g = torch.Generator().manual_seed(seed)
     R = experts * rank
@@ -104,5 +130,25 @@ def make_adapter(model: ModelFiles, *, experts: int = 4, rank: int = 8, alpha: f
             "rank": str(rank), "alpha": str(alpha), "chunk": str(routing.chunk),
             "tau": str(routing.tau), "causal": str(routing.causal).lower(),
             "top_k": str(routing.top_k)}
+    if ranks is not None:
+        meta["ranks"] = ",".join(str(r) for r in ranks)
     return save(tensors, metadata=meta)
 
+
+def _make_kronecker(model: ModelFiles, shape: tuple[int, int], rank: int, alpha: float,
+                    seed: int, b_std: float) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    a, b = shape
+    tensors: dict[str, torch.Tensor] = {}
+    for site, (d_in, d_out) in model.adapter_sites().items():
+        c, d = d_out // a, d_in // b
+        tensors[f"{site}.K1"] = torch.randn(a, b, generator=g) / b**0.5
+        if rank:
+            tensors[f"{site}.K2_B"] = torch.randn(c, rank, generator=g) * b_std
+            tensors[f"{site}.K2_A"] = torch.randn(rank, d, generator=g) / d**0.5
+        else:
+            tensors[f"{site}.K2"] = torch.randn(c, d, generator=g) * b_std
+    meta = {"format": ADAPTER_FORMAT, "base_model": model.name, "kind": "kronecker",
+            "experts": "1", "rank": "0", "alpha": str(alpha), "kron_shape": f"{a},{b}",
+            "kron_rank": str(rank)}
+    return save(tensors, metadata=meta)

@@ -66,10 +66,11 @@ class OnlineServer:
             lengths, ids = self.rt.tokenize([t for item in items for t in item.texts])
         rows = item_rows(items)
 
-        def embed(picked: list[int], adapters: list[str | None]) -> torch.Tensor:
+        def embed(picked: list[int], adapters: list[str | None], ranks: list[int | None]
+                  ) -> torch.Tensor:
             sub_lengths, sub_ids = tokens.select_rows(lengths, ids, picked)
-            return self.rt.embed_tokens(sub_lengths, sub_ids, adapters, normalize=False,
-                                        online=True)
+            return self.rt.embed_tokens(sub_lengths, sub_ids, adapters, ranks=ranks,
+                                        normalize=False, online=True)
 
         answers = []
         results = embed_items(embed, list(zip(items, rows, strict=True)))

@@ -31,7 +31,7 @@ from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-Embed = Callable[[list[int], list[str | None]], torch.Tensor]
+Embed = Callable[[list[int], list[str | None], list[int | None]], torch.Tensor]
 Send = Callable[[Sequence[str], float], None]  # dispatch messages, countdown seconds
 Result = tuple[Item, np.ndarray | str]
 
@@ -138,9 +138,11 @@ def forward(rt: Runtime, work: Work) -> bool:
                                          "canary_id": None, "shadow": None}), rows)
                 for item, rows in entries if item.shadow is not None]
 
-    def embed(rows: list[int], adapters: list[str | None]) -> torch.Tensor:
+    def embed(rows: list[int], adapters: list[str | None], ranks: list[int | None]
+              ) -> torch.Tensor:
         lengths, ids = tokens.select_rows(work.lengths, work.ids, rows)
-        return rt.embed_tokens(lengths, ids, adapters, normalize=False, usage=extras.usage)
+        return rt.embed_tokens(lengths, ids, adapters, ranks=ranks, normalize=False,
+                               usage=extras.usage)
 
     try:
         results = embed_items(embed, entries)
@@ -178,7 +180,8 @@ def embed_items(embed: Embed, entries: Sequence[tuple[Item, list[int]]]) -> list
     item gets its rows of the result as a numpy view, or the error's text."""
     try:
         vectors = embed([r for _, rows in entries for r in rows],
-                        [item.adapter for item, rows in entries for _ in rows]).numpy()
+                        [item.adapter for item, rows in entries for _ in rows],
+                        [item.rank for item, rows in entries for _ in rows]).numpy()
     except (SoftTimeLimitExceeded, StoreUnavailable, BlobsUnavailable):
         raise  # not the items' fault: the whole micro-batch is retried
     except Exception as exc:

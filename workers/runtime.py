@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import dispatch
-from kernels.layer import BEMContext
+from kernels.layer import BEMContext, budget_mask
 from kernels.layout import to_device
 from ops import metrics
 from ops.blobs import Blobs, open_blobs
@@ -129,16 +129,18 @@ class Runtime:
         return tokens.from_rows([e.ids for e in self.tokenizer.encode_batch_fast(texts)])
 
     def embed(self, texts: list[str], adapters: list[str | None] | None = None, *,
-              normalize: bool = True, usage: dict[str, list[torch.Tensor]] | None = None,
-              online: bool = False, timings: list[float] | None = None) -> torch.Tensor:
+              ranks: list[int | None] | None = None, normalize: bool = True,
+              usage: dict[str, list[torch.Tensor]] | None = None, online: bool = False,
+              timings: list[float] | None = None) -> torch.Tensor:
         """Embed texts (see `embed_tokens`)."""
         lengths, ids = self.tokenize(texts)
-        return self.embed_tokens(lengths, ids, adapters, normalize=normalize, usage=usage,
-                                 online=online, timings=timings)
+        return self.embed_tokens(lengths, ids, adapters, ranks=ranks, normalize=normalize,
+                                 usage=usage, online=online, timings=timings)
 
     @torch.inference_mode()
     def embed_tokens(self, lengths: np.ndarray, ids: np.ndarray,
-                     adapters: list[str | None] | None = None, *, normalize: bool = True,
+                     adapters: list[str | None] | None = None, *,
+                     ranks: list[int | None] | None = None, normalize: bool = True,
                      usage: dict[str, list[torch.Tensor]] | None = None, online: bool = False,
                      timings: list[float] | None = None) -> torch.Tensor:
         """Embed token rows (lengths, flat ids), each row through its adapter (None = base);
@@ -146,31 +148,32 @@ class Runtime:
         vectors). Rows go through the model in forwards of at most `token_budget` padded
         tokens, one forward at a time per process (`online` forwards go first, see
         `ForwardGate`); a forward that runs out of memory is split in half and the budget
-        lowered. `usage`, when given, gains for each adapter an (S, E) tensor of top-1 expert token
-        counts per sequence it served, one per forward; `timings`
-        the seconds of each model forward (without installing adapters)."""
+        lowered. `ranks`: each row's rank budget (None: the adapter's own ranks), which keeps
+        each expert's first components (dynamic rank). `usage`, when given, gains for each
+        adapter an (S, E) tensor of top-1 expert token counts per sequence it served, one per
+        forward; `timings` the seconds of each model forward (without installing adapters)."""
         names = adapters if adapters is not None and any(a is not None for a in adapters) \
             else None
         ids_t, mask = tokens.padded(lengths, ids)
-        pooled = self._forward(ids_t, mask, names, usage, online, timings)
+        budgets = ranks if names is not None and ranks is not None else None
+        pooled = self._forward(ids_t, mask, names, budgets, usage, online, timings)
         return F.normalize(pooled, p=2, dim=1) if normalize else pooled
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, names: list[str | None] | None,
-                 usage: dict[str, list[torch.Tensor]] | None, online: bool,
-                 timings: list[float] | None = None) -> torch.Tensor:
+                 budgets: list[int | None] | None, usage: dict[str, list[torch.Tensor]] | None,
+                 online: bool, timings: list[float] | None = None) -> torch.Tensor:
         rows, width = ids.shape
         budget = self.token_budget
         if not online and self.gate.online_recently():
             budget = min(budget, self.settings.online_batch_forward_tokens)
         if rows > 1 and rows * width > budget:
-            return self._halves(ids, mask, names, usage, online, timings)
+            return self._halves(ids, mask, names, budgets, usage, online, timings)
         try:
             if 0 < self.settings.simulate_oom_above_tokens < rows * width:
                 raise torch.OutOfMemoryError(f"simulated: {rows}x{width} tokens")
             with self.gate.hold(online):
                 by_slot: dict[int, torch.Tensor] | None = {} if usage is not None else None
-                bem = None if names is None else BEMContext.plan(
-                    self._slots(names), mask, self.device, usage=by_slot)
+                bem = None if names is None else self._plan(names, budgets, mask, by_slot)
                 started = time.perf_counter()
                 out = self.model(to_device(ids, self.device), to_device(mask, self.device), bem,
                                  normalize=False)
@@ -198,7 +201,7 @@ class Runtime:
             metrics.TOKEN_BUDGET.set(self.token_budget)
             log.warning("out of memory at %dx%d tokens; token budget now %d",
                         rows, width, self.token_budget)
-            return self._halves(ids, mask, names, usage, online, timings)
+            return self._halves(ids, mask, names, budgets, usage, online, timings)
 
     def release_memory(self) -> None:
         """Hand freed heap back to the OS after a micro-batch. Batches of ever-different shapes
@@ -208,14 +211,27 @@ class Runtime:
         if _LIBC is not None:
             _LIBC.malloc_trim(0)
 
+    def _plan(self, names: list[str | None], budgets: list[int | None] | None,
+              mask: torch.Tensor, usage: dict[int, torch.Tensor] | None) -> BEMContext:
+        slots = self._slots(names)
+        rank_mask = None
+        if budgets is not None:
+            shapes = [next((s.experts, s.rank) for s in self.adapters.get(n).values())
+                      for n in self._installed]
+            rank_mask = budget_mask(slots, budgets, shapes)
+        return BEMContext.plan(slots, mask, self.device, rank_mask=rank_mask, usage=usage)
+
     def _halves(self, ids: torch.Tensor, mask: torch.Tensor, names: list[str | None] | None,
-                usage: dict[str, list[torch.Tensor]] | None, online: bool,
-                timings: list[float] | None) -> torch.Tensor:
+                budgets: list[int | None] | None, usage: dict[str, list[torch.Tensor]] | None,
+                online: bool, timings: list[float] | None) -> torch.Tensor:
         mid = ids.shape[0] // 2
-        first = None if names is None else names[:mid]
-        second = None if names is None else names[mid:]
-        return torch.cat([self._forward(ids[:mid], mask[:mid], first, usage, online, timings),
-                          self._forward(ids[mid:], mask[mid:], second, usage, online, timings)])
+
+        def half(part: slice) -> torch.Tensor:
+            return self._forward(ids[part], mask[part], None if names is None else names[part],
+                                 None if budgets is None else budgets[part], usage, online,
+                                 timings)
+
+        return torch.cat([half(slice(None, mid)), half(slice(mid, None))])
 
     def start_heartbeat(self, queues: str) -> threading.Event:
         """Record this worker as alive now and then every `heartbeat_seconds` until the event

@@ -42,7 +42,7 @@ from producers.http.errors import (
 )
 from producers.http.fast_path import EmbeddingsFastPath
 from producers.http.middleware import BodyLimit, RequestMetrics
-from producers.validate import resolve_adapter, token_ids
+from producers.validate import rank_problem, resolve_adapter, token_ids
 from schemas.batch import BatchObject, ExpiresAfter, OpenAIFile
 from schemas.microbatch import Item
 
@@ -231,12 +231,16 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         where = (lambda i: "input") if isinstance(body.input, str) else (lambda i: f"input[{i}]")
         try:
             adapter = resolve_adapter(body.model, cfg.model_name, None)
+            record = None
             if adapter is not None:
-                adapter = await asyncio.to_thread(
-                    resolve_adapter, body.model, cfg.model_name,
-                    lambda name: base.store.get_adapter(name) is not None)
+                record = await asyncio.to_thread(base.store.get_adapter, adapter)
+                if record is None:
+                    raise UnknownModel(f"unknown adapter {adapter!r}")
         except UnknownModel as exc:
             raise APIError(404, f"model: {exc}", param="model", code="model_not_found") from None
+        problem = rank_problem(body.rank, adapter, record and {record.name: record.rank})
+        if problem is not None:
+            raise APIError(400, f"rank: {problem}", param="rank", code="invalid_value")
         if body.dimensions is not None and body.dimensions != dim:
             raise APIError(400, f"dimensions: this model gives {dim}", param="dimensions",
                            code="invalid_value")
@@ -257,7 +261,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             arm = {"adapter": routed.adapter, "arm": routed.arm,
                    "canary_id": routed.canary_id, "canary_step": routed.canary_step}
         request = OnlineRequest(id=request_id, tenant=who.tenant, model=body.model,
-                                texts=texts, lengths=lengths, ids=ids,
+                                texts=texts, lengths=lengths, ids=ids, rank=body.rank,
                                 enqueued_at=time.time(), **arm)
         if not await serving.get():  # refuse at once rather than time out
             metrics.ONLINE_ADMISSION.labels("no_worker").inc()

@@ -54,6 +54,9 @@ class EmbeddingsIn(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = Field(None, max_length=256)
+    rank: int | None = Field(
+        None, ge=1, description="bemq: serve the adapter at this rank budget (each expert keeps "
+        "its first `rank` components); at most the adapter's rank; adapters only")
 
     _input_rule = field_validator("input", mode="before")(check_input)
 

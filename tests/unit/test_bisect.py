@@ -12,7 +12,8 @@ def test_poison_item_alone_fails() -> None:
     """Only the item whose text makes the model raise is reported; the rest get vectors."""
     calls: list[int] = []
 
-    def embed(rows: list[int], adapters: list[str | None]) -> torch.Tensor:
+    def embed(rows: list[int], adapters: list[str | None], ranks: list[int | None]
+              ) -> torch.Tensor:
         calls.append(len(rows))
         if 37 in rows:
             raise ValueError("cannot embed poison")

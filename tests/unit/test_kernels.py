@@ -54,7 +54,8 @@ def test_matches_reference_on_segment_layouts(dtype: torch.dtype, case: Case) ->
 
 def test_zero_gate_rows_get_the_base_output() -> None:
     """Rows whose gates are all zero (padding tokens) get exactly the base output."""
-    inputs = make_inputs(Case(16, 64, 64, 2, 4, adapters=2, base_share=0.0), torch.float32)
+    inputs = make_inputs(Case(16, 64, 64, 2, 4, adapters=2, base_share=0.0), torch.float32,
+                         DEVICE)
     inputs["gates"] = torch.zeros_like(inputs["gates"])  # type: ignore[arg-type]
     base = torch.nn.functional.linear(inputs["x"], inputs["weight"], inputs["bias"])  # type: ignore[arg-type]
     assert torch.equal(triton_bem.bem_linear(**inputs), base)
