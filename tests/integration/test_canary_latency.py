@@ -1,6 +1,7 @@
-"""A canary that is healthy but slow (an adapter with 32× the rank and 4× the experts) is rolled
-back by the latency gate alone: its own forwards, probed beside the stable adapter's on the same
-rows, are measurably slower; no item fails."""
+"""A canary that is healthy but slow (an adapter with 4× the experts and 4× the rank, at the
+kernels' limit of 128, routed token by token instead of per 32-token chunk) is rolled back by
+the latency gate alone: its own forwards, probed beside the stable adapter's on the same rows,
+are measurably slower; no item fails."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kernels.layer import Routing
 from ops.canary import controller
 from producers.client import Client
 from schemas.canary import CanaryState
@@ -24,10 +26,10 @@ def test_slow_canary_is_rolled_back_by_latency(tmp_path: Path) -> None:
                                              "BEMQ_MAX_BATCH_SIZE": "50"}
     cfg = settings_for(env)
     with Client(cfg) as client:
-        for name, experts, rank in (("fast", 2, 4), ("slow", 8, 64)):
+        for name, experts, rank, chunk in (("fast", 2, 4, 32), ("slow", 8, 16, 1)):
             path = tmp_path / f"{name}.safetensors"
             path.write_bytes(make_adapter(client.model, experts=experts, rank=rank,
-                                          b_std=0.02))
+                                          b_std=0.02, routing=Routing(chunk=chunk)))
             client.add_adapter(name, path)
         worker = start_worker(env, client, tmp_path / "worker.log")
         try:
