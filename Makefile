@@ -56,6 +56,7 @@ bench: install wrk
 	$(PY) bench/kernels.py --json bench-results/kernels.json
 	$(PY) bench/kernels.py --model --json bench-results/kernel_model.json
 	$(PY) bench/online.py --json bench-results/online.json
+	$(PY) bench/overload.py --json bench-results/overload.json
 	$(PY) bench/recovery.py --json bench-results/recovery.json
 	$(PY) bench/fairness.py --json bench-results/fairness.json
 	$(PY) bench/drift.py --json bench-results/drift.json

@@ -37,9 +37,11 @@ BACKUP_VERIFY_FAILURES = Counter("bem_backup_verify_failures",
                                  "Backup verifications that failed")
 ONLINE_ADMISSION = Counter("bem_online_requests",
                            "Online requests at the gateway's door: admitted, or refused by reason "
-                           "(queue_full, no_worker)", ["outcome"])
+                           "(queue_full, deadline, no_worker)", ["outcome"])
 ONLINE_DROPPED = Counter("bem_online_dropped",
-                         "Online requests a worker dropped unserved (their caller had given up)")
+                         "Online requests dropped before their forward: past their deadline "
+                         "(a worker's count) or their caller disconnected (the gateway's)",
+                         ["reason"])
 
 
 def serve(port: int) -> None:

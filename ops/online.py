@@ -122,7 +122,7 @@ class OnlineQueue(abc.ABC):
             if first is None:
                 return []
             if time.time() - first.enqueued_at > stale_after:
-                metrics.ONLINE_DROPPED.inc()
+                metrics.ONLINE_DROPPED.labels("deadline").inc()
                 first = None
         batch = [first]
         rows, width = len(first.texts), max(first.lengths)
@@ -207,19 +207,6 @@ class StoreOnlineQueue(OnlineQueue):
         return self.store.push_online(request.id, request.model_dump_json(),
                                       request.enqueued_at, max_waiting)
 
-    def wait_result(self, request_id: str, timeout: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
-        poll = self.POLL_MIN
-        while True:
-            raw = self.store.pop_online_result(request_id)
-            if raw is not None:
-                return json.loads(raw)
-            if time.monotonic() > deadline:
-                self.store.drop_online(request_id)
-                return None
-            time.sleep(poll)
-            poll = min(poll * 2, self.POLL_MAX)
-
     def put_results(self, answered: Sequence[tuple[OnlineRequest, dict[str, Any]]]) -> None:
         for request, result in answered:
             self.store.put_online_result(request.id, json.dumps(result, separators=(",", ":")))
@@ -256,7 +243,9 @@ class OnlineGateway(abc.ABC):
                    ) -> dict[str, Any] | None:
         """The worker's answer, or None after `timeout` seconds (the caller has given up; a
         worker drops the request unserved once it is older than `stale_after`). `QueueFull`
-        at once when `max_waiting` requests already wait."""
+        at once when `max_waiting` requests already wait. Cancelled (the client disconnected,
+        or no worker is left), it takes the request back out of the queue if no worker has
+        taken it yet, so it is never computed."""
 
 
 class RedisOnlineGateway(OnlineGateway):
@@ -310,28 +299,53 @@ class RedisOnlineGateway(OnlineGateway):
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending[request.id] = future
         request.reply_to = self.reply_to
+        payload = request.model_dump_json()
         try:
-            if not await self._push(keys=[self.queue],
-                                    args=[request.model_dump_json(), max_waiting]):
+            if not await self._push(keys=[self.queue], args=[payload, max_waiting]):
                 raise QueueFull
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return None
+        except asyncio.CancelledError:
+            assert self._redis is not None
+            if await asyncio.shield(self._redis.lrem(self.queue, 1, payload)):
+                metrics.ONLINE_DROPPED.labels("disconnected").inc()
+            raise
         finally:
             self._pending.pop(request.id, None)
 
 
 class StoreOnlineGateway(OnlineGateway):
-    """The embedded deployment: the store's queue, waited on in a worker thread."""
+    """The embedded deployment: the store's queue, polled from the event loop (each read a
+    short call in a thread; the waiting itself holds no thread, so many waiting requests never
+    take the pool that every other blocking call of the gateway needs)."""
+
+    POLL_MIN, POLL_MAX = 0.001, 0.02
 
     def __init__(self, store: Store) -> None:
+        self.store = store
         self.queue = StoreOnlineQueue(store)
 
     async def call(self, request: OnlineRequest, timeout: float, max_waiting: int
                    ) -> dict[str, Any] | None:
         if not await asyncio.to_thread(self.queue.push, request, max_waiting):
             raise QueueFull
-        return await asyncio.to_thread(self.queue.wait_result, request.id, timeout)
+        deadline = time.monotonic() + timeout
+        poll = self.POLL_MIN
+        try:
+            while True:
+                raw = await asyncio.to_thread(self.store.pop_online_result, request.id)
+                if raw is not None:
+                    return json.loads(raw)
+                if time.monotonic() > deadline:
+                    await asyncio.to_thread(self.store.drop_online, request.id)
+                    return None
+                await asyncio.sleep(poll)
+                poll = min(poll * 2, self.POLL_MAX)
+        except asyncio.CancelledError:
+            if await asyncio.shield(asyncio.to_thread(self.store.drop_online, request.id)):
+                metrics.ONLINE_DROPPED.labels("disconnected").inc()
+            raise
 
 
 def open_gateway(cfg: Settings, store: Store) -> OnlineGateway:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 
 import numpy as np
 import torch
@@ -48,8 +49,10 @@ class OnlineServer:
             max_delay=cfg.online_max_queue_delay_ms / 1000, block=block,
             stale_after=cfg.online_timeout_seconds)
         if batch:
+            began = time.monotonic()
             answers, rollout = self._embed(batch)
             self.queue.put_results(list(zip(batch, answers, strict=True)))
+            self.rt.online_rate.add(len(batch), time.monotonic() - began)
             if rollout is not None:  # after the answers went out: no request waits for it
                 self._sample(rollout)
         return len(batch)

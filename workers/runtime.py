@@ -33,6 +33,7 @@ from workers.adapters import AdapterCache
 from workers.busy import BusyMeter
 from workers.gate import ForwardGate
 from workers.leases import LeaseKeeper
+from workers.service_rate import ServiceRate
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Runtime:
         self.gate = ForwardGate(cfg.online_priority_burst)
         self.busy = BusyMeter()
         metrics.BUSY_RATIO.set_function(self.busy.ratio)
+        self.online_rate = ServiceRate()  # recorded with every heartbeat (ops.admission)
         # The micro-batch whose forward ended last and is not yet recorded as ended (the next
         # `Store.begin_forward` records it): used by the one thread that runs batch forwards.
         self.last_forward: tuple[str, int] | None = None
@@ -235,7 +237,8 @@ class Runtime:
 
     def start_heartbeat(self, queues: str) -> threading.Event:
         """Record this worker as alive now and then every `heartbeat_seconds` until the event
-        is set. The first beat is written before this returns, so no lease this process takes
+        is set, with the rate it answers online requests at (the gateway's admission reads
+        it). The first beat is written before this returns, so no lease this process takes
         can ever belong to a worker without a row (which reconcile would take as dead)."""
         stop = threading.Event()
         device = str(self.device) if "gpu" in queues or "online" in queues else "cpu"
@@ -244,7 +247,8 @@ class Runtime:
         def beat() -> None:
             while not stop.wait(self.settings.heartbeat_seconds):
                 try:
-                    self.store.heartbeat(self.name, os.getpid(), queues, device)
+                    self.store.heartbeat(self.name, os.getpid(), queues, device,
+                                         self.online_rate.per_second)
                 except Exception as exc:  # the store may be restarting; say so and keep going
                     log.warning("heartbeat failed: %s", exc)
 

@@ -449,15 +449,18 @@ class Store(CanaryRecords, DispatchRecords, FeatureRecords, GatewayRecords, Rete
 
     # -- workers -------------------------------------------------------------------------
     @retried
-    def heartbeat(self, name: str, pid: int, queues: str, device: str) -> None:
+    def heartbeat(self, name: str, pid: int, queues: str, device: str,
+                  online_rps: float | None = None) -> None:
+        """Record the worker as alive now; `online_rps`: the rate it answers online requests
+        at while busy (None: not measured yet)."""
         now = time.time()
         with self.tx() as cur:
             cur.execute(
-                "INSERT INTO workers (name, pid, queues, device, started_at, last_seen) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "INSERT INTO workers (name, pid, queues, device, started_at, last_seen, "
+                "online_rps) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                 "pid = excluded.pid, queues = excluded.queues, device = excluded.device, "
-                "last_seen = excluded.last_seen",
-                (name, pid, queues, device, now, now),
+                "last_seen = excluded.last_seen, online_rps = excluded.online_rps",
+                (name, pid, queues, device, now, now, online_rps),
             )
 
     @retried
@@ -471,11 +474,11 @@ class Store(CanaryRecords, DispatchRecords, FeatureRecords, GatewayRecords, Rete
         since = -1.0 if within_seconds is None else time.time() - within_seconds
         with self.tx() as cur:
             rows = cur.execute(
-                "SELECT name, pid, queues, device, last_seen FROM workers "
+                "SELECT name, pid, queues, device, last_seen, online_rps FROM workers "
                 "WHERE last_seen > ? ORDER BY name",
                 (since,),
             ).fetchall()
-        keys = ("name", "pid", "queues", "device", "last_seen")
+        keys = ("name", "pid", "queues", "device", "last_seen", "online_rps")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
 

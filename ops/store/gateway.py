@@ -102,9 +102,13 @@ class GatewayRecords(Transactional):
         return row[0]
 
     @retried
-    def drop_online(self, request_id: str) -> None:
+    def drop_online(self, request_id: str) -> bool:
+        """Forget a request and its answer; whether it was still waiting (no worker took it)."""
         with self.tx() as cur:
+            row = cur.execute("SELECT taken FROM online_requests WHERE id = ?",
+                              (request_id,)).fetchone()
             cur.execute("DELETE FROM online_requests WHERE id = ?", (request_id,))
+        return row is not None and not row[0]
 
 
 def _waiting(cur: Cursor) -> int:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ops import apikeys, metrics
+from ops.admission import Capacity, WorkersGone, answer_unless_gone, queue_bound
 from ops.blobs import BlobsUnavailable
 from ops.cached import Cached
 from ops.canary.routing import route
@@ -73,8 +74,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     online = open_gateway(cfg, base.store)
     keys = apikeys.KeyCache(base.store, cfg.api_key_cache_seconds)
     routes = Cached(base.store.routes)
-    serving = Cached(lambda: any("online" in w["queues"]
-                                 for w in base.store.live_workers(cfg.dead_after)))
+    capacity = Cached(lambda: Capacity.of(base.store.live_workers(cfg.dead_after)))
     dim = int(base.model.config["hidden_size"])
     bearer = HTTPBearer(auto_error=False, description="an API key from `bemq keys create`")
 
@@ -263,19 +263,33 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         request = OnlineRequest(id=request_id, tenant=who.tenant, model=body.model,
                                 texts=texts, lengths=lengths, ids=ids, rank=body.rank,
                                 enqueued_at=time.time(), **arm)
-        if not await serving.get():  # refuse at once rather than time out
+        cap = await capacity.get()
+        if not cap.alive:  # refuse at once rather than time out
             metrics.ONLINE_ADMISSION.labels("no_worker").inc()
             raise APIError(503, "no worker serving online requests is alive (no heartbeat "
                            f"within {cfg.dead_after:g}s)", kind="server_error",
                            code="no_worker", headers={"Retry-After": "5"})
+        deadline = cfg.online_timeout_seconds
+        bound, reason = queue_bound(cap, cfg.online_max_queue, deadline)
         try:
-            result = await online.call(request, cfg.online_timeout_seconds,
-                                       cfg.online_max_queue)
+            result = await answer_unless_gone(online.call(request, deadline, bound),
+                                              capacity.get)
         except QueueFull:
-            metrics.ONLINE_ADMISSION.labels("queue_full").inc()
+            metrics.ONLINE_ADMISSION.labels(reason).inc()
+            if reason == "deadline":
+                raise APIError(429, f"{bound} online requests are waiting already; at the "
+                               f"measured {cap.rps:.0f} requests/s a new one would wait past "
+                               f"its {deadline:g}s deadline; retry shortly",
+                               kind="server_error", code="deadline",
+                               headers={"Retry-After": "1"}) from None
             raise APIError(429, f"{cfg.online_max_queue} online requests are waiting already "
                            "(BEMQ_ONLINE_MAX_QUEUE); retry shortly", kind="server_error",
                            code="queue_full", headers={"Retry-After": "1"}) from None
+        except WorkersGone:
+            metrics.ONLINE_ADMISSION.labels("no_worker").inc()
+            raise APIError(503, "every worker serving online requests stopped while this "
+                           "request waited", kind="server_error", code="no_worker",
+                           headers={"Retry-After": "5"}) from None
         metrics.ONLINE_ADMISSION.labels("admitted").inc()
         if result is None:
             raise APIError(503, f"no worker answered within {cfg.online_timeout_seconds:g}s",

@@ -6,10 +6,15 @@ the gateway under load). This ASGI middleware answers a well-formed call itself 
 two functions the FastAPI route uses (`authenticate`, `embed`) and the app's own exception
 handlers. Anything else (no bearer key, a body that fails validation, another path) goes on to
 the app unchanged, so every error is still defined once, by the route.
+
+While it waits for the answer it listens for the client's disconnect: a caller that has gone
+gets its request withdrawn from the queue (`OnlineGateway.call`), so no worker computes it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -47,7 +52,9 @@ class EmbeddingsFastPath:
         scope["route"] = self.route  # what the request metrics label by
         try:
             who = await self.authenticate(token, "POST", self.path)
-            payload = await self.embed(who, parsed)
+            payload = await _unless_disconnected(self.embed(who, parsed), receive)
+            if payload is None:
+                return  # the client has gone: no one to answer
         except Exception as exc:
             handler = next((self.handlers[t] for t in type(exc).__mro__ if t in self.handlers),
                            None)
@@ -60,6 +67,30 @@ class EmbeddingsFastPath:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
+
+
+async def _unless_disconnected(work: Awaitable[bytes], receive: Receive) -> bytes | None:
+    """`work`'s result, or None (and `work` cancelled) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Returns when the client disconnects (the request's body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _bearer(scope: Scope) -> str:

@@ -91,3 +91,115 @@ def test_redis_queue_bound_holds_across_gateways(redis_prefix: str) -> None:
     worker_side = RedisOnlineQueue(REDIS_URL, redis_prefix)
     assert worker_side.redis.llen(worker_side.queue) == 3
     assert not worker_side.push(request(99), max_waiting=3)
+
+
+def test_a_request_past_its_deadline_is_refused_and_a_gone_caller_withdrawn(
+        tmp_path: Path) -> None:
+    """With the live workers answering 1 request/s and a 3-s deadline, 3 requests may wait: a
+    4th is refused at once (429 `deadline`). A caller that disconnects is taken out of the
+    queue at once, long before its deadline, so no worker computes it."""
+    env = embedded_env(tmp_path / "var") | {"BEMQ_ONLINE_TIMEOUT_SECONDS": "3",
+                                             "BEMQ_HEARTBEAT_SECONDS": "60"}
+    with Client(settings_for(env)) as client:
+        _, key = apikeys.create(client.store, "acme")
+        # A worker's heartbeat row with its measured rate; no process serves the queue, so
+        # what waits stays waiting.
+        client.store.heartbeat("stand-in", os.getpid(), "online", "cpu", online_rps=1.0)
+        gateway = Gateway(env, tmp_path / "gateway.log")
+        try:
+            auth = {"Authorization": f"Bearer {key}"}
+
+            def embed(text: str, timeout: float = 60) -> httpx.Response:
+                return httpx.post(gateway.url + "/v1/embeddings", headers=auth,
+                                  timeout=timeout, json={"model": "minilm", "input": text})
+
+            with ThreadPoolExecutor(3, thread_name_prefix="bemq-test-client") as pool:
+                waiting = [pool.submit(embed, f"queued {i}") for i in range(3)]
+                while client.store.online_waiting() < 3:
+                    time.sleep(0.05)
+                began = time.monotonic()
+                late = embed("would wait past its deadline")
+                assert time.monotonic() - began < 1.0
+                assert late.status_code == 429, late.text
+                assert late.json()["error"]["code"] == "deadline"
+                assert late.headers["Retry-After"] == "1"
+                assert [f.result().status_code for f in waiting] == [503] * 3  # timed out
+            assert client.store.online_waiting() == 0
+
+            with pytest.raises(httpx.ReadTimeout):
+                embed("a caller who gives up", timeout=0.5)
+            gave_up = time.monotonic()
+            while client.store.online_waiting() > 0:
+                assert time.monotonic() - gave_up < 1.5, "still queued after its caller left"
+                time.sleep(0.05)
+            metrics = httpx.get(gateway.url + "/metrics", headers=auth).text
+            assert 'bem_online_dropped_total{reason="disconnected"} 1.0' in metrics
+            assert 'bem_online_requests_total{outcome="deadline"} 1.0' in metrics
+        finally:
+            gateway.stop()
+
+
+def test_redis_gateway_withdraws_a_cancelled_call(redis_prefix: str) -> None:
+    """On Redis a call cancelled while queued (its client disconnected) leaves the queue."""
+    request = OnlineRequest(id="gone", tenant="t", model="minilm", texts=["x"], adapter=None,
+                            lengths=[3], enqueued_at=time.time())
+    worker_side = RedisOnlineQueue(REDIS_URL, redis_prefix)
+
+    async def scenario() -> int:
+        gateway = RedisOnlineGateway(REDIS_URL, redis_prefix)
+        call = asyncio.ensure_future(gateway.call(request, timeout=30, max_waiting=10))
+        while worker_side.redis.llen(worker_side.queue) == 0:
+            assert not call.done(), call.exception()
+            await asyncio.sleep(0.01)
+        call.cancel()
+        await asyncio.wait({call})
+        return worker_side.redis.llen(worker_side.queue)
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == 0
+
+
+def test_a_worker_killed_under_load_leaves_no_request_hanging(tmp_path: Path) -> None:
+    """Six clients keep calling; the only worker is killed. Every call ends with an answer or a
+    refusal, none waits out the 30-s timeout: in-flight calls end once heartbeats say no worker
+    is left, and later ones are refused at once."""
+    env = embedded_env(tmp_path / "var") | {"BEMQ_HEARTBEAT_SECONDS": "1",
+                                             "BEMQ_DEAD_AFTER_HEARTBEATS": "2",
+                                             "BEMQ_RATE_LIMIT_PER_SECOND": "100000",
+                                             "BEMQ_RATE_LIMIT_BURST": "100000"}
+    with Client(settings_for(env)) as client:
+        _, key = apikeys.create(client.store, "acme")
+        gateway = Gateway(env, tmp_path / "gateway.log")
+        worker = start_worker(env, client, tmp_path / "worker.log")
+        calls: list[tuple[float, float, int, str]] = []
+        try:
+            auth = {"Authorization": f"Bearer {key}"}
+            stop_at = time.monotonic() + 9
+
+            def client_loop(n: int) -> None:
+                i = 0
+                while time.monotonic() < stop_at:
+                    began = time.monotonic()
+                    reply = httpx.post(gateway.url + "/v1/embeddings", headers=auth,
+                                       timeout=60, json={"model": "minilm",
+                                                         "input": f"client {n} call {i}"})
+                    code = reply.json()["error"]["code"] if reply.status_code != 200 else ""
+                    calls.append((began, time.monotonic(), reply.status_code, code))
+                    i += 1
+
+            with ThreadPoolExecutor(6, thread_name_prefix="bemq-test-client") as pool:
+                loops = [pool.submit(client_loop, n) for n in range(6)]
+                time.sleep(3)
+                killed = time.monotonic()
+                worker.kill()
+                for loop in loops:
+                    loop.result()
+        finally:
+            gateway.stop()
+            worker.stop()
+    assert {status for _, _, status, _ in calls} <= {200, 503}
+    assert any(status == 200 and end < killed for _, end, status, _ in calls)
+    assert max(end - began for began, end, _, _ in calls) < 6.0  # none waited out 30 s
+    late = [(end - began, status, code) for began, end, status, code in calls
+            if began > killed + 4.0]
+    assert late and all(status == 503 and code == "no_worker" and took < 1.5
+                        for took, status, code in late)

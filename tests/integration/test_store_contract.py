@@ -190,6 +190,9 @@ def test_files_and_heartbeats(store: Store) -> None:
     assert store.get_file("file-1") is None
     store.heartbeat("w1", 42, "gpu", "cpu")
     assert [w["name"] for w in store.live_workers(10)] == ["w1"]
+    store.heartbeat("w1", 42, "gpu,online", "cpu", online_rps=123.5)  # the measured rate
+    assert [(w["queues"], w["online_rps"]) for w in store.live_workers(10)] == \
+        [("gpu,online", 123.5)]
     with store.tx() as cur:
         cur.execute("UPDATE workers SET last_seen = ? WHERE name = ?", (time.time() - 60, "w1"))
     assert store.live_workers(10) == []

@@ -1,0 +1,227 @@
+"""Overload benchmark: `/v1/embeddings` under open-loop load above the capacity it first measures.
+
+Open loop: requests leave on a fixed schedule (request i at t0 + i/R), whatever the answers, as
+real clients do; a closed loop would slow down with the server and never overload it. One run,
+on loopback: Redis (private prefix), a fresh PostgreSQL database, local blobs, one `bemq serve`
+and one worker, first with the zero-cost model (`bench/null_model.py`), then the real one.
+
+Per model:
+1. capacity: 32 clients back to back for a few seconds; answered requests per second;
+2. levels 0.5×, 1×, 2×, 4× of it, `--seconds` each: accepted requests/s, p50 and p99 of the
+   accepted, the share refused (429 and 503), the slowest answer of any kind, how many took
+   longer than their deadline (`BEMQ_ONLINE_TIMEOUT_SECONDS`, `--deadline`), gateway RSS and
+   Redis memory after the level;
+3. with no worker alive (stopped, its heartbeat gone): seconds until a request's 503.
+
+The JSON holds `capacity_rps`, `accepted_over_capacity_2x` / `_4x` (accepted ÷ capacity),
+`p99_over_base_2x` / `_4x` (accepted p99 ÷ the 0.5× level's), `past_deadline` (all levels),
+`first_503_s`, each also with a `real_` prefix, and every level's figures. The load generator is
+this process (asyncio + httpx); its CPU share is reported, since on a small machine it competes
+with the gateway and the worker.
+
+Usage: python bench/overload.py --json PATH [--seconds 8] [--deadline 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from bench.online import load, start_gateway
+from ops import apikeys
+from ops.settings import Settings
+from producers.client import Client
+from producers.corpus import sentences
+from producers.local_worker import LocalWorker
+from tests.support import services
+from tests.support.deploy import settings_for
+
+console = Console(stderr=True)
+NULL_MODEL = "bench.null_model:NullModel"
+LEVELS = (0.5, 1.0, 2.0, 4.0)
+
+
+async def open_loop(url: str, key: str, texts: list[str], rate: float, seconds: float
+                    ) -> list[tuple[int, float, str]]:
+    """Requests at `rate` per second for `seconds`, each sent on schedule: (status, seconds,
+    error code) per request."""
+    results: list[tuple[int, float, str]] = []
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                                 timeout=120, limits=limits) as http:
+        async def one(i: int) -> None:
+            began = time.perf_counter()
+            try:
+                r = await http.post("/v1/embeddings", json={"model": "minilm",
+                                                            "input": texts[i % len(texts)]})
+                code = "" if r.status_code == 200 else r.json()["error"]["code"]
+                results.append((r.status_code, time.perf_counter() - began, code))
+            except httpx.HTTPError as exc:  # counted, not hidden: a failure of the path
+                results.append((0, time.perf_counter() - began, type(exc).__name__))
+
+        t0 = time.perf_counter()
+        tasks = []
+        for i in range(int(rate * seconds)):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return results
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def level(url: str, key: str, texts: list[str], rate: float, seconds: float, deadline: float,
+          gateway_pid: int) -> dict[str, float]:
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    got = asyncio.run(open_loop(url, key, texts, rate, seconds))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    ok = sorted(t for status, t, _ in got if status == 200)
+    refused = sum(status in (429, 503) for status, _, _ in got)
+    return {
+        "offered_rps": rate, "sent": len(got), "accepted_rps": len(ok) / seconds,
+        "p50_ms": statistics.median(ok) * 1000 if ok else float("nan"),
+        "p99_ms": ok[min(len(ok) - 1, int(0.99 * len(ok)))] * 1000 if ok else float("nan"),
+        "refused_share": refused / len(got), "failed": sum(s == 0 for s, _, _ in got),
+        "slowest_ms": max(t for _, t, _ in got) * 1000,
+        "past_deadline": sum(t > deadline * 1.1 + 0.02 for _, t, _ in got),
+        "gateway_rss_mb": rss_mb(gateway_pid),
+        "redis_used_mb": services.redis_client().info("memory")["used_memory"] / 2**20,
+        "generator_cpu_share": cpu / wall,
+    }
+
+
+def first_503(url: str, key: str, client: Client, worker: LocalWorker, dead_after: float
+              ) -> tuple[float, float]:
+    """(seconds from the worker's death to the first 503; seconds a request takes to its 503
+    once no worker is alive)."""
+    killed = time.monotonic()
+    worker.kill()
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"model": "minilm", "input": "anyone there?"}
+    while True:
+        began = time.monotonic()
+        r = httpx.post(url + "/v1/embeddings", json=body, headers=auth, timeout=120)
+        if r.status_code == 503:
+            to_first = time.monotonic() - killed
+            break
+        assert time.monotonic() - killed < dead_after + 60, "no 503 after the worker died"
+    began = time.monotonic()
+    r = httpx.post(url + "/v1/embeddings", json=body, headers=auth, timeout=120)
+    assert r.status_code == 503, r.text
+    return to_first, time.monotonic() - began
+
+
+def run_model(label: str, env: dict[str, str], home: Path, client: Client, key: str,
+              texts: list[str], args: argparse.Namespace) -> dict[str, object]:
+    gateway, url = start_gateway(env, home)
+    worker = LocalWorker(env, home / f"worker-{label}.log").start()
+    try:
+        worker.wait_ready(client.store)
+        load(url, key, texts, 4, 3.0)  # warm-up; the worker's rate reaches its heartbeat
+        lat, _, took = load(url, key, texts, 32, args.capacity_seconds)
+        capacity = len(lat) / took
+        console.print(f"[bold]{label}[/]: capacity {capacity:.0f} requests/s")
+        levels = {}
+        for factor in LEVELS:
+            levels[f"{factor:g}x"] = level(url, key, texts, capacity * factor, args.seconds,
+                                           args.deadline, gateway.pid)
+            console.print(f"  {factor:g}×: {levels[f'{factor:g}x']}")
+        cfg = settings_for(env)
+        to_first, answer = first_503(url, key, client, worker, cfg.dead_after)
+    finally:
+        worker.stop()
+        gateway.terminate()
+        gateway.wait(20)
+    base = levels["0.5x"]["p99_ms"]
+    return {
+        "capacity_rps": capacity,
+        "accepted_over_capacity_2x": levels["2x"]["accepted_rps"] / capacity,
+        "accepted_over_capacity_4x": levels["4x"]["accepted_rps"] / capacity,
+        "p99_over_base_2x": levels["2x"]["p99_ms"] / base,
+        "p99_over_base_4x": levels["4x"]["p99_ms"] / base,
+        "past_deadline": sum(int(v["past_deadline"]) for v in levels.values()),
+        "first_503_s": answer, "worker_death_to_first_503_s": to_first, "levels": levels,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per load level")
+    parser.add_argument("--capacity-seconds", type=float, default=5.0)
+    parser.add_argument("--deadline", type=float, default=0.5,
+                        help="each request's deadline (BEMQ_ONLINE_TIMEOUT_SECONDS)")
+    parser.add_argument("--models", default="null,real")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="bemq-overload-"))
+    prefix = f"bemqbench-{uuid.uuid4().hex[:8]}:"
+    pg = services.create_database()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEMQ_")}
+    env.update(BEMQ_HOME=str(home), BEMQ_BROKER_URL=services.REDIS_URL,
+               BEMQ_REDIS_PREFIX=prefix, BEMQ_DATABASE_URL=pg, BEMQ_POLL_INTERVAL="0.2",
+               BEMQ_RATE_LIMIT_PER_SECOND="100000", BEMQ_RATE_LIMIT_BURST="100000",
+               BEMQ_HEARTBEAT_SECONDS="1", BEMQ_ONLINE_TIMEOUT_SECONDS=str(args.deadline))
+    client = Client(settings_for(env))
+    _, key = apikeys.create(client.store, "bench")
+    texts = sentences(client.model, 2000, seed=13)
+    results: dict[str, object] = {"deadline_s": args.deadline, "seconds_per_level":
+                                  args.seconds, "cpu_count": os.cpu_count() or 0}
+    models = {"null": ("", NULL_MODEL), "real": ("real_",
+                                                 Settings.model_fields["model_class"].default)}
+    try:
+        for name in args.models.split(","):
+            prefix_key, model_class = models[name]
+            figures = run_model(name, env | {"BEMQ_MODEL_CLASS": model_class}, home, client,
+                                key, texts, args)
+            results |= {prefix_key + k: v for k, v in figures.items()}
+    finally:
+        client.close()
+        services.drop_database(pg)
+        services.drop_prefix(services.redis_client(), prefix)
+
+    table = Table("model", "level", "offered/s", "accepted/s", "p50 ms", "p99 ms", "refused",
+                  "slowest ms", "past deadline", "gateway MB", "Redis MB", "generator CPU",
+                  title=f"overload (open loop, deadline {args.deadline:g}s)")
+    for name in args.models.split(","):
+        p = models[name][0]
+        for lv, v in results[p + "levels"].items():  # type: ignore[union-attr]
+            table.add_row(name, lv, f"{v['offered_rps']:.0f}", f"{v['accepted_rps']:.0f}",
+                          f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}",
+                          f"{v['refused_share']:.1%}", f"{v['slowest_ms']:.0f}",
+                          str(v["past_deadline"]), f"{v['gateway_rss_mb']:.0f}",
+                          f"{v['redis_used_mb']:.1f}", f"{v['generator_cpu_share']:.0%}")
+    Console().print(table)
+    for key_name in ("capacity_rps", "accepted_over_capacity_2x", "accepted_over_capacity_4x",
+                     "p99_over_base_2x", "p99_over_base_4x", "past_deadline", "first_503_s",
+                     "worker_death_to_first_503_s"):
+        for p in (models[n][0] for n in args.models.split(",")):
+            console.print(f"{p + key_name}: {results[p + key_name]}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
