@@ -6,7 +6,8 @@ on loopback: Redis (private prefix), a fresh PostgreSQL database, local blobs, o
 and one worker, first with the zero-cost model (`bench/null_model.py`), then the real one.
 
 Per model:
-1. capacity: 32 clients back to back for a few seconds; answered requests per second;
+1. capacity: 16 clients back to back for a few seconds; answered requests per second (more
+   clients would queue past the deadline with the real model and count as refused);
 2. levels 0.5×, 1×, 2×, 4× of it, `--seconds` each: accepted requests/s, p50 and p99 of the
    accepted, the share refused (429 and 503), the slowest answer of any kind, how many took
    longer than their deadline (`BEMQ_ONLINE_TIMEOUT_SECONDS`, `--deadline`), gateway RSS and
@@ -16,8 +17,8 @@ Per model:
 The JSON holds `capacity_rps`, `accepted_over_capacity_2x` / `_4x` (accepted ÷ capacity),
 `p99_over_base_2x` / `_4x` (accepted p99 ÷ the 0.5× level's), `past_deadline` (all levels),
 `first_503_s`, each also with a `real_` prefix, and every level's figures. The load generator is
-this process (asyncio + httpx); its CPU share is reported, since on a small machine it competes
-with the gateway and the worker.
+this process (a bare asyncio HTTP/1.1 client); its CPU share is reported, since on a small
+machine it competes with the gateway and the worker.
 
 Usage: python bench/overload.py --json PATH [--seconds 8] [--deadline 0.5]
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import statistics
@@ -58,30 +60,59 @@ LEVELS = (0.5, 1.0, 2.0, 4.0)
 async def open_loop(url: str, key: str, texts: list[str], rate: float, seconds: float
                     ) -> list[tuple[int, float, str]]:
     """Requests at `rate` per second for `seconds`, each sent on schedule: (status, seconds,
-    error code) per request."""
+    error code) per request. A bare HTTP/1.1 client over asyncio streams (keep-alive
+    connections, requests encoded beforehand): httpx cost a core at 500 requests/s, which on
+    this machine left the server too little CPU to be measured."""
+    host, port = url.removeprefix("http://").split(":")
+    requests = [_request(host, key, text) for text in texts[:500]]
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     results: list[tuple[int, float, str]] = []
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
-                                 timeout=120, limits=limits) as http:
-        async def one(i: int) -> None:
-            began = time.perf_counter()
-            try:
-                r = await http.post("/v1/embeddings", json={"model": "minilm",
-                                                            "input": texts[i % len(texts)]})
-                code = "" if r.status_code == 200 else r.json()["error"]["code"]
-                results.append((r.status_code, time.perf_counter() - began, code))
-            except httpx.HTTPError as exc:  # counted, not hidden: a failure of the path
-                results.append((0, time.perf_counter() - began, type(exc).__name__))
 
-        t0 = time.perf_counter()
-        tasks = []
-        for i in range(int(rate * seconds)):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
+    async def one(i: int) -> None:
+        began = time.perf_counter()
+        try:
+            reader, writer = idle.pop() if idle else await asyncio.open_connection(host, int(port))
+            writer.write(requests[i % len(requests)])
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            body = await reader.readexactly(length)
+            idle.append((reader, writer))
+            code = "" if status == 200 else error_code(status, body)
+            results.append((status, time.perf_counter() - began, code))
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+            results.append((0, time.perf_counter() - began, type(exc).__name__))
+
+    t0 = time.perf_counter()
+    tasks = []
+    for i in range(int(rate * seconds)):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    for _, writer in idle:
+        writer.close()
     return results
+
+
+def _request(host: str, key: str, text: str) -> bytes:
+    body = json.dumps({"model": "minilm", "input": text}).encode()
+    head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+def error_code(status: int, body: bytes) -> str:
+    """The error's code from OpenAI's error shape; `http_NNN` for any other body (a failure of
+    the gateway itself, which the figures then show)."""
+    try:
+        return str(json.loads(body)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return f"http_{status}"
 
 
 def rss_mb(pid: int) -> float:
@@ -102,12 +133,14 @@ def level(url: str, key: str, texts: list[str], rate: float, seconds: float, dea
         "offered_rps": rate, "sent": len(got), "accepted_rps": len(ok) / seconds,
         "p50_ms": statistics.median(ok) * 1000 if ok else float("nan"),
         "p99_ms": ok[min(len(ok) - 1, int(0.99 * len(ok)))] * 1000 if ok else float("nan"),
-        "refused_share": refused / len(got), "failed": sum(s == 0 for s, _, _ in got),
+        "refused_share": refused / len(got),
+        "failed": sum(s not in (200, 429, 503) for s, _, _ in got),
         "slowest_ms": max(t for _, t, _ in got) * 1000,
         "past_deadline": sum(t > deadline * 1.1 + 0.02 for _, t, _ in got),
         "gateway_rss_mb": rss_mb(gateway_pid),
         "redis_used_mb": services.redis_client().info("memory")["used_memory"] / 2**20,
         "generator_cpu_share": cpu / wall,
+        "codes": dict(collections.Counter(code or "ok" for _, _, code in got)),
     }
 
 
@@ -139,7 +172,7 @@ def run_model(label: str, env: dict[str, str], home: Path, client: Client, key: 
     try:
         worker.wait_ready(client.store)
         load(url, key, texts, 4, 3.0)  # warm-up; the worker's rate reaches its heartbeat
-        lat, _, took = load(url, key, texts, 32, args.capacity_seconds)
+        lat, _, took = load(url, key, texts, args.capacity_clients, args.capacity_seconds)
         capacity = len(lat) / took
         console.print(f"[bold]{label}[/]: capacity {capacity:.0f} requests/s")
         levels = {}
@@ -170,6 +203,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=8.0, help="per load level")
     parser.add_argument("--capacity-seconds", type=float, default=5.0)
+    parser.add_argument("--capacity-clients", type=int, default=16,
+                        help="closed-loop clients that measure capacity (few enough that a full "
+                        "batch of theirs is answered within the deadline)")
     parser.add_argument("--deadline", type=float, default=0.5,
                         help="each request's deadline (BEMQ_ONLINE_TIMEOUT_SECONDS)")
     parser.add_argument("--models", default="null,real")

@@ -3,8 +3,9 @@ heartbeats, so that a request that cannot be served in time is refused at once.
 
 A request waits behind the queue; the live workers answer `rps` requests a second between them
 (each measures its own rate while busy and records it with its heartbeat). A request that
-finds `rps × deadline` requests ahead would wait past its deadline, so the queue's bound is the
-smaller of that and `BEMQ_ONLINE_MAX_QUEUE`. Before the first measurement only the fixed bound
+finds more than `rps × deadline / 2` requests ahead would not leave its batch's forward the
+other half of its deadline, so the queue's bound is the smaller of that and
+`BEMQ_ONLINE_MAX_QUEUE`. Before the first measurement only the fixed bound
 holds.
 """
 
@@ -39,7 +40,9 @@ def queue_bound(capacity: Capacity, max_queue: int, deadline: float) -> tuple[in
     """How many requests may wait, and which bound that is: "deadline" (the measured rate
     would serve no more before the deadline) or "queue_full" (`max_queue`)."""
     if capacity.rps:
-        by_deadline = max(1, int(capacity.rps * deadline))
+        # Half the deadline to wait in the queue, half for its own batch's forward (a worker
+        # sizes its batches to half a deadline's work, `workers.online`).
+        by_deadline = max(1, int(capacity.rps * deadline / 2))
         if by_deadline < max_queue:
             return by_deadline, "deadline"
     return max_queue, "queue_full"

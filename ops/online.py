@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from ops import metrics
+from ops.async_redis import async_client
 from ops.settings import Settings
 from ops.store import Store
 from schemas.canary import Arm
@@ -267,7 +268,7 @@ class RedisOnlineGateway(OnlineGateway):
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._redis is None:
             self._loop, self._pending = loop, {}
-            self._redis = aioredis.Redis.from_url(self.url)
+            self._redis = async_client(self.url)
             self._push = self._redis.register_script(PUSH_IF_ROOM)
             self._listener = loop.create_task(self._replies(aioredis.Redis.from_url(self.url)),
                                               name="bemq-online-replies")

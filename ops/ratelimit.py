@@ -10,6 +10,7 @@ import time
 import redis
 import redis.asyncio as aioredis
 
+from ops.async_redis import async_client
 from ops.settings import Settings
 from ops.store import Store
 
@@ -56,7 +57,7 @@ class RedisLimiter(Limiter):
     async def take_async(self, bucket: str) -> float:
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:  # clients belong to one loop
-            client = aioredis.Redis.from_url(self.url)
+            client = async_client(self.url)
             self._async = (loop, client, client.register_script(_TAKE))
         script = self._async[2]
         return float(await script(keys=[self.prefix + bucket],  # type: ignore[operator]

@@ -44,10 +44,14 @@ class OnlineServer:
 
     def serve_once(self, block: float) -> int:
         cfg = self.rt.settings
+        rows = self.max_rows()
+        rate = self.rt.online_rate.per_second
+        # A request that cannot be answered before its deadline, its batch's forward counted,
+        # is dropped unserved: the gateway has answered it 503 by then.
         batch = self.queue.pop_batch(
-            max_tokens=cfg.online_max_batch_tokens, max_rows=cfg.online_max_batch_size,
+            max_tokens=cfg.online_max_batch_tokens, max_rows=rows,
             max_delay=cfg.online_max_queue_delay_ms / 1000, block=block,
-            stale_after=cfg.online_timeout_seconds)
+            stale_after=cfg.online_timeout_seconds - (rows / rate if rate else 0.0))
         if batch:
             began = time.monotonic()
             answers, rollout = self._embed(batch)
@@ -56,6 +60,18 @@ class OnlineServer:
             if rollout is not None:  # after the answers went out: no request waits for it
                 self._sample(rollout)
         return len(batch)
+
+    def max_rows(self) -> int:
+        """Rows of the next batch: `BEMQ_ONLINE_MAX_BATCH_SIZE`, but no more than this worker
+        answers in half a deadline at its measured rate. Under overload the queue would
+        otherwise fill whole batches whose forward alone outlasts the deadline (a CPU forward
+        of 64 rows of the real model takes about a second), so every answer would come too
+        late and the work be wasted."""
+        cfg = self.rt.settings
+        rate = self.rt.online_rate.per_second
+        if rate is None:
+            return cfg.online_max_batch_size
+        return max(1, min(cfg.online_max_batch_size, int(rate * cfg.online_timeout_seconds / 2)))
 
     def _embed(self, batch: list[OnlineRequest]) -> tuple[list[dict], Rollout | None]:
         """Answers in order; a request the model fails on is isolated by the same bisection

@@ -24,7 +24,7 @@ def test_capacity_sums_the_live_online_workers_rates() -> None:
 
 
 def test_the_bound_is_the_deadline_or_the_fixed_cap_whichever_is_smaller() -> None:
-    assert queue_bound(Capacity(True, 50.0), 1000, 2.0) == (100, "deadline")
+    assert queue_bound(Capacity(True, 50.0), 1000, 2.0) == (50, "deadline")  # half a deadline
     assert queue_bound(Capacity(True, 5000.0), 1000, 2.0) == (1000, "queue_full")
     assert queue_bound(Capacity(True, None), 1000, 2.0) == (1000, "queue_full")  # unmeasured
     assert queue_bound(Capacity(True, 0.1), 1000, 2.0) == (1, "deadline")  # never zero
