@@ -61,6 +61,20 @@ def start_gateway(env: dict[str, str], home: Path, processes: int = 1
     raise RuntimeError("gateway did not start")
 
 
+def deployment(name: str) -> tuple[Path, str, str, dict[str, str]]:
+    """A fresh deployment's (home, Redis key prefix, PostgreSQL URL, environment): Redis +
+    PostgreSQL + local blobs, rate limits out of the way, heartbeats every second."""
+    home = Path(tempfile.mkdtemp(prefix=f"bemq-{name}-"))
+    prefix = f"bemqbench-{uuid.uuid4().hex[:8]}:"
+    pg = services.create_database()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEMQ_")}
+    env.update(BEMQ_HOME=str(home), BEMQ_BROKER_URL=services.REDIS_URL,
+               BEMQ_REDIS_PREFIX=prefix, BEMQ_DATABASE_URL=pg, BEMQ_POLL_INTERVAL="0.2",
+               BEMQ_RATE_LIMIT_PER_SECOND="100000", BEMQ_RATE_LIMIT_BURST="100000",
+               BEMQ_HEARTBEAT_SECONDS="1")
+    return home, prefix, pg, env
+
+
 def load(url: str, key: str, texts: list[str], clients: int, seconds: float,
          stop: threading.Event | None = None) -> tuple[list[float], int, float]:
     """N threads sending single sentences back to back; (latencies ms, errors, elapsed s)."""
@@ -110,14 +124,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=3000)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="bemq-online-"))
-    prefix = f"bemqbench-{uuid.uuid4().hex[:8]}:"
-    pg = services.create_database()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BEMQ_")}
-    env.update(BEMQ_HOME=str(home), BEMQ_BROKER_URL=services.REDIS_URL,
-               BEMQ_REDIS_PREFIX=prefix, BEMQ_DATABASE_URL=pg, BEMQ_POLL_INTERVAL="0.2",
-               BEMQ_RATE_LIMIT_PER_SECOND="100000", BEMQ_RATE_LIMIT_BURST="100000",
-               BEMQ_HEARTBEAT_SECONDS="1")
+    home, prefix, pg, env = deployment("online")
     cfg = settings_for(env)
     client = Client(cfg)
     _, key = apikeys.create(client.store, "bench")

@@ -32,9 +32,7 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,7 +41,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench.online import load, start_gateway
+from bench.online import deployment, load, start_gateway
 from ops import apikeys
 from ops.settings import Settings
 from producers.client import Client
@@ -211,14 +209,8 @@ def main() -> int:
     parser.add_argument("--models", default="null,real")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="bemq-overload-"))
-    prefix = f"bemqbench-{uuid.uuid4().hex[:8]}:"
-    pg = services.create_database()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BEMQ_")}
-    env.update(BEMQ_HOME=str(home), BEMQ_BROKER_URL=services.REDIS_URL,
-               BEMQ_REDIS_PREFIX=prefix, BEMQ_DATABASE_URL=pg, BEMQ_POLL_INTERVAL="0.2",
-               BEMQ_RATE_LIMIT_PER_SECOND="100000", BEMQ_RATE_LIMIT_BURST="100000",
-               BEMQ_HEARTBEAT_SECONDS="1", BEMQ_ONLINE_TIMEOUT_SECONDS=str(args.deadline))
+    home, prefix, pg, env = deployment("overload")
+    env["BEMQ_ONLINE_TIMEOUT_SECONDS"] = str(args.deadline)
     client = Client(settings_for(env))
     _, key = apikeys.create(client.store, "bench")
     texts = sentences(client.model, 2000, seed=13)

@@ -8,7 +8,8 @@ import asyncio
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,23 @@ from tests.support.deploy import settings_for, start_worker
 from tests.support.services import REDIS_URL
 
 pytestmark = pytest.mark.timeout(240)
+
+
+def refused_when_full(client: Client, embed: Callable[[str], httpx.Response],
+                      pool: ThreadPoolExecutor, waiting: int, code: str
+                      ) -> list[Future[httpx.Response]]:
+    """Queue `waiting` calls from `pool`; once the store holds them, one more call is refused
+    at once: 429 with `code` and `Retry-After: 1`. The queued calls' futures."""
+    queued = [pool.submit(embed, f"queued {i}") for i in range(waiting)]
+    while client.store.online_waiting() < waiting:
+        time.sleep(0.05)
+    began = time.monotonic()
+    refused = embed("one too many")
+    assert time.monotonic() - began < 1.0
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == code
+    assert refused.headers["Retry-After"] == "1"
+    return queued
 
 
 def test_no_worker_is_503_at_once_and_a_full_queue_is_429(tmp_path: Path) -> None:
@@ -50,15 +68,7 @@ def test_no_worker_is_503_at_once_and_a_full_queue_is_429(tmp_path: Path) -> Non
             os.kill(worker.pid, signal.SIGSTOP)  # alive by its heartbeat, serving nothing
             try:
                 with ThreadPoolExecutor(2, thread_name_prefix="bemq-test-client") as pool:
-                    queued = [pool.submit(embed, f"queued {i}") for i in range(2)]
-                    while client.store.online_waiting() < 2:
-                        time.sleep(0.05)
-                    began = time.monotonic()
-                    full = embed("one too many")
-                    assert time.monotonic() - began < 1.0
-                    assert full.status_code == 429, full.text
-                    assert full.json()["error"]["code"] == "queue_full"
-                    assert full.headers["Retry-After"] == "1"
+                    queued = refused_when_full(client, embed, pool, 2, "queue_full")
                     os.kill(worker.pid, signal.SIGCONT)
                     assert [f.result().status_code for f in queued] == [200, 200]
             finally:
@@ -114,15 +124,7 @@ def test_a_request_past_its_deadline_is_refused_and_a_gone_caller_withdrawn(
                                   timeout=timeout, json={"model": "minilm", "input": text})
 
             with ThreadPoolExecutor(3, thread_name_prefix="bemq-test-client") as pool:
-                waiting = [pool.submit(embed, f"queued {i}") for i in range(3)]
-                while client.store.online_waiting() < 3:
-                    time.sleep(0.05)
-                began = time.monotonic()
-                late = embed("would wait past its deadline")
-                assert time.monotonic() - began < 1.0
-                assert late.status_code == 429, late.text
-                assert late.json()["error"]["code"] == "deadline"
-                assert late.headers["Retry-After"] == "1"
+                waiting = refused_when_full(client, embed, pool, 3, "deadline")
                 assert [f.result().status_code for f in waiting] == [503] * 3  # timed out
             assert client.store.online_waiting() == 0
 
