@@ -32,7 +32,9 @@ def refused_when_full(client: Client, embed: Callable[[str], httpx.Response],
     """Queue `waiting` calls from `pool`; once the store holds them, one more call is refused
     at once: 429 with `code` and `Retry-After: 1`. The queued calls' futures."""
     queued = [pool.submit(embed, f"queued {i}") for i in range(waiting)]
+    until = time.monotonic() + 30
     while client.store.online_waiting() < waiting:
+        assert time.monotonic() < until, [f.result().text for f in queued if f.done()]
         time.sleep(0.05)
     began = time.monotonic()
     refused = embed("one too many")
@@ -105,16 +107,17 @@ def test_redis_queue_bound_holds_across_gateways(redis_prefix: str) -> None:
 
 def test_a_request_past_its_deadline_is_refused_and_a_gone_caller_withdrawn(
         tmp_path: Path) -> None:
-    """With the live workers answering 1 request/s and a 3-s deadline, 3 requests may wait: a
-    4th is refused at once (429 `deadline`). A caller that disconnects is taken out of the
-    queue at once, long before its deadline, so no worker computes it."""
+    """With the live workers answering 2 requests/s and a 3-s deadline (half of it to wait, half
+    for the forward), 3 requests may wait: a 4th is refused at once (429 `deadline`). A caller
+    that disconnects is taken out of the queue at once, long before its deadline, so no worker
+    computes it."""
     env = embedded_env(tmp_path / "var") | {"BEMQ_ONLINE_TIMEOUT_SECONDS": "3",
                                              "BEMQ_HEARTBEAT_SECONDS": "60"}
     with Client(settings_for(env)) as client:
         _, key = apikeys.create(client.store, "acme")
         # A worker's heartbeat row with its measured rate; no process serves the queue, so
         # what waits stays waiting.
-        client.store.heartbeat("stand-in", os.getpid(), "online", "cpu", online_rps=1.0)
+        client.store.heartbeat("stand-in", os.getpid(), "online", "cpu", online_rps=2.0)
         gateway = Gateway(env, tmp_path / "gateway.log")
         try:
             auth = {"Authorization": f"Bearer {key}"}
