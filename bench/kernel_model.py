@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import torch
+
 from kernels import tiles
 
 PEAK_FLOPS = 989e12
@@ -76,7 +78,7 @@ def adapter_site(T: int, per_slot: dict[int, int], d_in: int, d_out: int) -> tup
     as they run, and the least work and traffic any implementation on top of the base GEMM
     needs (each adapter row's x·Aᵀ and h·Bᵀ once, each used adapter's weights read once)."""
     R = EXPERTS * RANK
-    t = tiles.pick(sum(per_slot.values()) / len(per_slot), R, _bf16(), aligned=True)
+    t = tiles.pick(sum(per_slot.values()) / len(per_slot), R, torch.bfloat16, aligned=True)
     block_rows = sum(math.ceil(n / t.block_m) * t.block_m for n in per_slot.values())
     real = sum(per_slot.values())
     weights = len(per_slot) * R * (d_in + d_out) * BYTES
@@ -88,12 +90,6 @@ def adapter_site(T: int, per_slot: dict[int, int], d_in: int, d_out: int) -> tup
             real * R * 4 + len(per_slot) * R * d_out * BYTES + 2 * real * d_out * BYTES)
     least = Cost().add(2 * real * R * (d_in + d_out), weights + real * R * BYTES)
     return run, least
-
-
-def _bf16():  # type: ignore[no-untyped-def]
-    import torch
-
-    return torch.bfloat16
 
 
 def micro_batch(lengths: list[int], adapters: int) -> dict[str, float]:

@@ -47,11 +47,14 @@ class OnlineServer:
         rows = self.max_rows()
         rate = self.rt.online_rate.per_second
         # A request that cannot be answered before its deadline, its batch's forward counted,
-        # is dropped unserved: the gateway has answered it 503 by then.
+        # is dropped unserved: the gateway has answered it 503 by then. (Never sooner than half
+        # its deadline: a worker slower than that would otherwise drop everything, and never
+        # measure a faster rate again.)
         batch = self.queue.pop_batch(
             max_tokens=cfg.online_max_batch_tokens, max_rows=rows,
             max_delay=cfg.online_max_queue_delay_ms / 1000, block=block,
-            stale_after=cfg.online_timeout_seconds - (rows / rate if rate else 0.0))
+            stale_after=max(cfg.online_timeout_seconds / 2,
+                            cfg.online_timeout_seconds - (rows / rate if rate else 0.0)))
         if batch:
             began = time.monotonic()
             answers, rollout = self._embed(batch)
