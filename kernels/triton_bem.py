@@ -12,15 +12,16 @@ No row's shrink is computed twice (an earlier kernel redid it for every share of
 columns), and the expand's programs are independent, so they fill the GPU.
 
 Why not one kernel that also does the base product (x read once, y written once: fewer bytes):
-measured on an H100 at MiniLM's sites, a Triton GEMM over gathered rows took 1.3–2× as long as
-cuBLAS plus these adapter passes (README, kernel section). The cost model in
-`bench/kernels.py --model` shows what such a kernel would save if it matched cuBLAS.
+measured on an H100 at MiniLM's sites, a Triton GEMM over gathered rows took 2.2–3.8× cuBLAS's
+time at the best of 96 tile settings, where cuBLAS plus the earlier adapter kernel took
+2.4–2.6× (README, kernel section). The cost model in `bench/kernels.py --model` shows what such
+a kernel would save if it matched cuBLAS.
 
 Tiles load in the input dtype and multiply as fp32 on tensor cores: TF32 for fp16/bf16 inputs
 (the adapter update is a few percent of the base GEMM's FLOPs), three TF32 passes (`tf32x3`,
 within fp32's rounding) for fp32 inputs, whose IEEE `dot` would hold its operands in registers
-and spill. Block sizes come from
-`kernels.tiles`. Runs on CUDA tensors, or on CPU under TRITON_INTERPRET=1 (tests).
+and spill. Block sizes come from `kernels.tiles`. Runs on CUDA tensors, or on CPU under
+TRITON_INTERPRET=1 (tests).
 """
 
 from __future__ import annotations
