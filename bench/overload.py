@@ -6,8 +6,10 @@ on loopback: Redis (private prefix), a fresh PostgreSQL database, local blobs, o
 and one worker, first with the zero-cost model (`bench/null_model.py`), then the real one.
 
 Per model:
-1. capacity: 16 clients back to back for a few seconds; answered requests per second (more
-   clients would queue past the deadline with the real model and count as refused);
+1. capacity: 16 callers of the same bare client, each sending its next request when the last
+   is answered, for a few seconds; answered requests per second (the threaded httpx callers of
+   `bench/online.py` took CPU the server needed and measured about half the zero-cost model's
+   capacity);
 2. levels 0.5×, 1×, 2×, 4× of it, `--seconds` each: accepted requests/s, p50 and p99 of the
    accepted, the share refused (429 and 503), the slowest answer of any kind, how many took
    longer than their deadline (`BEMQ_ONLINE_TIMEOUT_SECONDS`, `--deadline`), gateway RSS and
@@ -17,7 +19,7 @@ Per model:
 The JSON holds `capacity_rps`, `accepted_over_capacity_2x` / `_4x` (accepted ÷ capacity),
 `p99_over_base_2x` / `_4x` (accepted p99 ÷ the 0.5× level's), `past_deadline` (all levels),
 `first_503_s`, each also with a `real_` prefix, and every level's figures. The load generator is
-this process (a bare asyncio HTTP/1.1 client); its CPU share is reported, since on a small
+this process (a bare asyncio HTTP/1.1 client on uvloop); its CPU share is reported, since on a small
 machine it competes with the gateway and the worker.
 
 Usage: python bench/overload.py --json PATH [--seconds 8] [--deadline 0.5]
@@ -38,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
+import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -53,35 +56,55 @@ from tests.support.deploy import settings_for
 console = Console(stderr=True)
 NULL_MODEL = "bench.null_model:NullModel"
 LEVELS = (0.5, 1.0, 2.0, 4.0)
+REFUSED_PAUSE = 0.05
+MAX_CONNECTIONS = 256
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def exchange(conn: Connection, request: bytes) -> tuple[int, str]:
+    """Send one encoded request on a keep-alive connection; (status, error code)."""
+    reader, writer = conn
+    writer.write(request)
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = await reader.readexactly(length)
+    return status, "" if status == 200 else error_code(status, body)
+
+
+FAILURES = (OSError, ValueError, IndexError, asyncio.IncompleteReadError)
 
 
 async def open_loop(url: str, key: str, texts: list[str], rate: float, seconds: float
                     ) -> list[tuple[int, float, str]]:
     """Requests at `rate` per second for `seconds`, each sent on schedule: (status, seconds,
-    error code) per request. A bare HTTP/1.1 client over asyncio streams (keep-alive
-    connections, requests encoded beforehand): httpx cost a core at 500 requests/s, which on
-    this machine left the server too little CPU to be measured."""
+    error code) per request. A bare HTTP/1.1 client over uvloop streams (keep-alive
+    connections, at most `MAX_CONNECTIONS` as a client's pool, requests encoded beforehand):
+    httpx cost a core at 500 requests/s, which on this machine left the server too little CPU
+    to be measured."""
     host, port = url.removeprefix("http://").split(":")
     requests = [_request(host, key, text) for text in texts[:500]]
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    opened = [0]
     results: list[tuple[int, float, str]] = []
 
     async def one(i: int) -> None:
-        began = time.perf_counter()
+        began = time.perf_counter()  # a wait for a free connection counts
         try:
-            reader, writer = idle.pop() if idle else await asyncio.open_connection(host, int(port))
-            writer.write(requests[i % len(requests)])
-            status = int((await reader.readline()).split()[1])
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            body = await reader.readexactly(length)
-            idle.append((reader, writer))
-            code = "" if status == 200 else error_code(status, body)
+            if idle.empty() and opened[0] < MAX_CONNECTIONS:
+                opened[0] += 1
+                conn = await asyncio.open_connection(host, int(port))
+            else:
+                conn = await idle.get()
+            status, code = await exchange(conn, requests[i % len(requests)])
+            idle.put_nowait(conn)
             results.append((status, time.perf_counter() - began, code))
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+        except FAILURES as exc:
             results.append((0, time.perf_counter() - began, type(exc).__name__))
 
     t0 = time.perf_counter()
@@ -92,9 +115,36 @@ async def open_loop(url: str, key: str, texts: list[str], rate: float, seconds: 
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
-    for _, writer in idle:
-        writer.close()
+    while not idle.empty():
+        idle.get_nowait()[1].close()
     return results
+
+
+async def closed_loop(url: str, key: str, texts: list[str], clients: int, seconds: float
+                      ) -> float:
+    """Answered requests per second from `clients` callers, each sending its next request when
+    the last is answered (a refused one waits `REFUSED_PAUSE` first, as a caller honouring
+    Retry-After would, only shorter): the capacity the levels are multiples of."""
+    host, port = url.removeprefix("http://").split(":")
+    requests = [_request(host, key, text) for text in texts[:500]]
+    answered = [0]
+    stop = time.perf_counter() + seconds
+
+    async def caller(n: int) -> None:
+        conn = await asyncio.open_connection(host, int(port))
+        i = n
+        while time.perf_counter() < stop:
+            status, _ = await exchange(conn, requests[i % len(requests)])
+            if status == 200:
+                answered[0] += 1
+            else:
+                await asyncio.sleep(REFUSED_PAUSE)
+            i += clients
+        conn[1].close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(caller(n) for n in range(clients)))
+    return answered[0] / (time.perf_counter() - began)
 
 
 def _request(host: str, key: str, text: str) -> bytes:
@@ -123,7 +173,7 @@ def rss_mb(pid: int) -> float:
 def level(url: str, key: str, texts: list[str], rate: float, seconds: float, deadline: float,
           gateway_pid: int) -> dict[str, float]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    got = asyncio.run(open_loop(url, key, texts, rate, seconds))
+    got = uvloop.run(open_loop(url, key, texts, rate, seconds))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     ok = sorted(t for status, t, _ in got if status == 200)
     refused = sum(status in (429, 503) for status, _, _ in got)
@@ -170,8 +220,8 @@ def run_model(label: str, env: dict[str, str], home: Path, client: Client, key: 
     try:
         worker.wait_ready(client.store)
         load(url, key, texts, 4, 3.0)  # warm-up; the worker's rate reaches its heartbeat
-        lat, _, took = load(url, key, texts, args.capacity_clients, args.capacity_seconds)
-        capacity = len(lat) / took
+        capacity = uvloop.run(closed_loop(url, key, texts, args.capacity_clients,
+                                           args.capacity_seconds))
         console.print(f"[bold]{label}[/]: capacity {capacity:.0f} requests/s")
         levels = {}
         for factor in LEVELS:

@@ -37,7 +37,10 @@ BACKUP_VERIFY_FAILURES = Counter("bem_backup_verify_failures",
                                  "Backup verifications that failed")
 ONLINE_ADMISSION = Counter("bem_online_requests",
                            "Online requests at the gateway's door: admitted, or refused by reason "
-                           "(queue_full, deadline, no_worker)", ["outcome"])
+                           "(overloaded, queue_full, deadline, no_worker)", ["outcome"])
+ONLINE_IN_FLIGHT_LIMIT = Gauge("bem_online_in_flight_limit",
+                               "Embeddings calls this gateway process lets be in flight now "
+                               "(adapted to their latency; more are refused as overloaded)")
 ONLINE_DROPPED = Counter("bem_online_dropped",
                          "Online requests dropped before their forward: past their deadline "
                          "(a worker's count) or their caller disconnected (the gateway's)",

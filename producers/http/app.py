@@ -7,6 +7,7 @@ uses, with API keys (one tenant each), per-key rate limits and body size limits.
 
 import asyncio
 import base64
+import gc
 import math
 import time
 import uuid
@@ -21,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from ops import apikeys, metrics
 from ops.admission import Capacity, WorkersGone, answer_unless_gone, queue_bound
@@ -42,6 +44,7 @@ from producers.http.errors import (
     validation_error,
 )
 from producers.http.fast_path import EmbeddingsFastPath
+from producers.http.in_flight import InFlightLimit
 from producers.http.middleware import BodyLimit, RequestMetrics
 from producers.validate import rank_problem, resolve_adapter, token_ids
 from schemas.batch import BatchObject, ExpiresAfter, OpenAIFile
@@ -67,7 +70,7 @@ class Caller:
         self.key_id, self.tenant = key_id, tenant
 
 
-def create_app(cfg: Settings | None = None) -> FastAPI:
+def create_app(cfg: Settings | None = None) -> ASGIApp:
     cfg = cfg or load_settings()
     base = Client(cfg)
     limiter = open_limiter(cfg, base.store)
@@ -316,14 +319,6 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         same `embed`; this route answers the rest (and documents the API)."""
         return Response(await embed(who, body), media_type="application/json")
 
-    app.add_middleware(EmbeddingsFastPath, path="/v1/embeddings", authenticate=authenticate,
-                       embed=embed, handlers=app.exception_handlers,
-                       route=next(r for r in app.routes if getattr(r, "path", None)
-                                  == "/v1/embeddings"))
-    app.add_middleware(BodyLimit, default=cfg.http_max_body_bytes,
-                       uploads=cfg.max_file_bytes + 1024 * 1024)
-    app.add_middleware(RequestMetrics)
-
     # -- operations --------------------------------------------------------------------------
     @app.get("/health", response_model=m.Health, tags=["operations"])
     def health() -> m.Health:
@@ -344,7 +339,20 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     def metrics_endpoint(_: Auth) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    # The gateway's own layers wrap the app instead of joining its middleware stack, so that an
+    # embeddings call refused or answered on the fast path skips the framework's layers.
+    documented_route = next(r for r in app.routes
+                            if getattr(r, "path", None) == "/v1/embeddings")
+    fast = EmbeddingsFastPath(app, path="/v1/embeddings", route=documented_route,
+                              authenticate=authenticate, embed=embed,
+                              handlers=app.exception_handlers)
+    limited = BodyLimit(fast, default=cfg.http_max_body_bytes,
+                        uploads=cfg.max_file_bytes + 1024 * 1024)
+    # What was built so far lives as long as the process: out of the collector's way, so that
+    # a full collection under load walks only the objects of calls in flight.
+    gc.freeze()
+    return RequestMetrics(InFlightLimit(limited, path="/v1/embeddings", route=documented_route,
+                                        ceiling=cfg.http_max_in_flight))
 
 
 

@@ -84,6 +84,41 @@ def test_no_worker_is_503_at_once_and_a_full_queue_is_429(tmp_path: Path) -> Non
                 worker.stop()
 
 
+def test_calls_past_the_gateways_in_flight_bound_are_refused_before_they_queue(
+        tmp_path: Path) -> None:
+    """BEMQ_HTTP_MAX_IN_FLIGHT=2: with two calls waiting on a stalled worker, a third is refused
+    at once (429 `overloaded`, Retry-After) without entering the queue; the two are answered."""
+    env = embedded_env(tmp_path / "var") | {"BEMQ_HTTP_MAX_IN_FLIGHT": "2",
+                                             "BEMQ_HEARTBEAT_SECONDS": "10"}
+    with Client(settings_for(env)) as client:
+        _, key = apikeys.create(client.store, "acme")
+        gateway = Gateway(env, tmp_path / "gateway.log")
+        worker = start_worker(env, client, tmp_path / "worker.log")
+        try:
+            auth = {"Authorization": f"Bearer {key}"}
+
+            def embed(text: str) -> httpx.Response:
+                return httpx.post(gateway.url + "/v1/embeddings", headers=auth, timeout=60,
+                                  json={"model": "minilm", "input": text})
+
+            assert embed("hello").status_code == 200
+            os.kill(worker.pid, signal.SIGSTOP)
+            try:
+                with ThreadPoolExecutor(2, thread_name_prefix="bemq-test-client") as pool:
+                    queued = refused_when_full(client, embed, pool, 2, "overloaded")
+                    assert client.store.online_waiting() == 2  # the refused call never queued
+                    os.kill(worker.pid, signal.SIGCONT)
+                    assert [f.result().status_code for f in queued] == [200, 200]
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
+            metrics = httpx.get(gateway.url + "/metrics", headers=auth).text
+            assert 'bem_online_requests_total{outcome="overloaded"} 1.0' in metrics
+            assert 'bem_requests_total{endpoint="/v1/embeddings",status="429"} 1.0' in metrics
+        finally:
+            gateway.stop()
+            worker.stop()
+
+
 def test_redis_queue_bound_holds_across_gateways(redis_prefix: str) -> None:
     """On Redis the length check and the push are one script: two gateways racing for the
     last places never hold more than the bound between them."""
