@@ -44,6 +44,7 @@ class AdaptiveLimit:
         self._sum, self._count, self._began = 0.0, 0, -math.inf
         self._fastest = [math.inf, math.inf]  # the fastest window mean: now, and before
         self._baseline_ends = -math.inf
+        metrics.ONLINE_IN_FLIGHT_LIMIT.set(int(self.limit))
 
     def acquire(self) -> bool:
         if self.in_flight >= int(self.limit):
