@@ -20,8 +20,11 @@ from 2 × retention + 60 s until submissions stop at `--min-seconds` (the platea
 less the input files of unfinished jobs and all output shards): what retention governs, apart
 from the work in flight, which follows the load.
 
+With `--steady ITEMS_PER_S` one submitter sends jobs of `--job-items` on a fixed schedule
+instead (open loop), so that the work in flight is stationary and what moves is retention's.
+
 Usage: python bench/soak.py --json PATH [--jobs 200] [--min-seconds 300] [--blobs local|s3]
-       [--retention 120]
+       [--retention 120] [--steady 80 --job-items 200]
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Soak:
         self.stop = threading.Event()
         self.start = time.monotonic()
         self.pool = sentences(client.model, 4000, seed=99)
+        self.skipped = 0  # steady arrivals not submitted: too many jobs in flight
 
     def enough(self) -> bool:
         elapsed = time.monotonic() - self.start
@@ -95,6 +99,28 @@ class Soak:
             job = self.client.submit_job(texts, metadata={"soak": str(n)})
             with self.lock:
                 self.jobs[job.id] = (time.monotonic(), size)
+                self.inputs[job.id] = file_key(job.input_file_id or "")
+
+    def steady_submitter(self) -> None:
+        """Open-loop arrivals: a job of `--job-items` every `job_items / steady` seconds, on
+        schedule whatever the workers do (a job due while `--max-active` are in flight is
+        skipped and counted), so the data in flight and the data retained are stationary."""
+        rng = random.Random(0)
+        interval = self.args.job_items / self.args.steady
+        due = time.monotonic()
+        while not self.stop.is_set() and not self.enough():
+            self.stop.wait(max(0.0, due - time.monotonic()))
+            due += interval
+            with self.lock:
+                active = len(self.jobs) - len(self.done)
+            if active >= self.args.max_active:
+                self.skipped += 1
+                continue
+            texts = [self.pool[rng.randrange(len(self.pool))]
+                     for _ in range(self.args.job_items)]
+            job = self.client.submit_job(texts, metadata={"soak": "steady"})
+            with self.lock:
+                self.jobs[job.id] = (time.monotonic(), self.args.job_items)
                 self.inputs[job.id] = file_key(job.input_file_id or "")
 
     def poller(self, rate: float) -> None:
@@ -135,6 +161,15 @@ def store_bytes(client: Client) -> int:
         return int(cur.execute("SELECT pg_database_size(current_database())").fetchone()[0])
 
 
+def table_bytes(client: Client) -> dict[str, int]:
+    """Each table's bytes with its indexes and TOAST, the system catalogs' too: which one a
+    store's growth is in."""
+    with client.store.tx() as cur:
+        rows = cur.execute("SELECT relname, pg_total_relation_size(oid) FROM pg_class"
+                           " WHERE relkind = 'r'").fetchall()
+    return {name: int(size) for name, size in rows}
+
+
 def blob_bytes(client: Client, in_flight: set[str]) -> tuple[int, int]:
     """(all bytes, bytes of work in flight: the input files of unfinished jobs and every
     job's output shards)."""
@@ -168,6 +203,10 @@ def main() -> int:
     parser.add_argument("--polls-per-s", type=float, default=200)
     parser.add_argument("--max-active", type=int, default=40, help="jobs in flight at most")
     parser.add_argument("--blobs", choices=["local", "s3"], default="local")
+    parser.add_argument("--steady", type=float, default=0,
+                        help="items/s arriving on schedule as jobs of --job-items, from one "
+                        "submitter (0: --submitters closed-loop submitters, jobs of 50–2,000)")
+    parser.add_argument("--job-items", type=int, default=200)
     parser.add_argument("--retention", type=float, default=0,
                         help="seconds every retention is set to (0: the defaults)")
     args = parser.parse_args()
@@ -207,8 +246,11 @@ def main() -> int:
             for w in [*workers, ops]:
                 w.wait_ready(client.store)
             soak = Soak(args, client)
-            threads = [threading.Thread(target=soak.submitter, args=(n,), daemon=True)
-                       for n in range(args.submitters)]
+            if args.steady:
+                threads = [threading.Thread(target=soak.steady_submitter, daemon=True)]
+            else:
+                threads = [threading.Thread(target=soak.submitter, args=(n,), daemon=True)
+                           for n in range(args.submitters)]
             pollers = [threading.Thread(target=soak.poller, args=(args.polls_per_s / 4,),
                                         daemon=True) for _ in range(4)]
             pollers.append(threading.Thread(target=soak.reader, daemon=True))
@@ -217,6 +259,7 @@ def main() -> int:
             rss_start: list[float] | None = None
             rss_samples: list[tuple[float, float]] = []
             bytes_samples: list[tuple[float, int, int, int]] = []
+            tables: list[tuple[float, dict[str, int]]] = []
             while True:
                 time.sleep(1)
                 second = int(time.monotonic() - soak.start)
@@ -227,6 +270,7 @@ def main() -> int:
                         in_flight = {k for j, k in soak.inputs.items() if j not in soak.done}
                     bytes_samples.append((second, store_bytes(client),
                                           *blob_bytes(client, in_flight)))
+                    tables.append((second, table_bytes(client)))
                 with soak.lock:
                     submitted, finished = len(soak.jobs), len(soak.done)
                 if rss_start is None and finished:
@@ -275,6 +319,7 @@ def main() -> int:
         "worker_rss_end_mb": [round(x, 1) for x in rss_end],
         "worker_rss_growth_mb": round(sum(rss_end) - sum(rss_start or rss_end), 1),
         "worker_rss_total_mb_over_time": rss_samples,
+        "steady_items_per_s": args.steady or None, "steady_skipped": soak.skipped,
         "retention_s": args.retention or None,
         "store_bytes_over_time": [(t, s) for t, s, _, _ in bytes_samples],
         "blob_bytes_over_time": [(t, b) for t, _, b, _ in bytes_samples],
@@ -292,6 +337,14 @@ def main() -> int:
         # which follows the load, not retention).
         figures["retained_blob_bytes_max_dev"] = plateau_deviation(
             [(t, b - f) for t, _, b, f in bytes_samples], after, args.min_seconds)
+        # The tables that grew most over the plateau, with their bytes at its start and end:
+        # where a store's growth is.
+        steady = [sizes for t, sizes in tables if after <= t <= args.min_seconds]
+        if steady:
+            first, last = steady[0], steady[-1]
+            figures["table_bytes_plateau_first_last"] = {
+                name: [first.get(name, 0), last[name]]
+                for name in sorted(last, key=lambda n: first.get(n, 0) - last[n])[:12]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))

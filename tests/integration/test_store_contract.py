@@ -288,6 +288,33 @@ def test_reclaim_keeps_a_churning_table_from_growing(postgres_url: str) -> None:
         st.close()
 
 
+def test_reclaim_keeps_the_planner_statistics_from_growing(postgres_url: str) -> None:
+    """Each reclaim's ANALYZE replaces `features`' statistics (its `data` histogram is wide
+    enough to be stored out of line); the catalog that holds them stays the same size over
+    many reclaims instead of growing by a copy each time (the shared server here runs without
+    autovacuum, which would otherwise be the one to clean it)."""
+    st = open_store(postgres_url, retry_seconds=5)
+    try:
+        st.migrate()
+        rng = random.Random(3)
+        with st.tx() as cur:
+            for i in range(2000):
+                cur.execute("INSERT INTO features (at, model, kind, adapter, reference, "
+                            "sample_key, data) VALUES (?, 'm', 'k', '', 0, ?, ?)",
+                            (float(i), rng.random(), "".join(rng.choices("abcdef", k=600))))
+
+        def statistics_bytes() -> int:
+            st.reclaim(["features"])
+            with st.tx() as cur:
+                return int(cur.execute(
+                    "SELECT pg_total_relation_size('pg_catalog.pg_statistic')").fetchone()[0])
+
+        sizes = [statistics_bytes() for _ in range(12)]
+        assert sizes[-1] <= max(sizes[:2]) + 64 * 1024, sizes
+    finally:
+        st.close()
+
+
 def json_blob() -> str:
     """About 8 KB of JSON that does not compress away (so it is stored out of line)."""
     rng = random.Random()
