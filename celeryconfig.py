@@ -16,6 +16,8 @@ from typing import Any
 
 from kombu import Queue
 
+from ops import redis_clients
+from ops.redis_clients import SENTINEL_KWARGS, SOCKET_TIMEOUT
 from ops.settings import Settings, settings
 from schemas.constants import (
     BEAT_SCHEDULE_FILE,
@@ -64,13 +66,18 @@ def build(s: Settings) -> dict[str, Any]:
         conf["broker_transport"] = "ops.fs_broker:Transport"
         conf["beat_schedule_filename"] = str((s.home / BEAT_SCHEDULE_FILE).resolve())
     else:
-        # One beat leader across hosts: RedBeat holds a lock in the broker's Redis.
+        # One beat leader across hosts: RedBeat holds a lock in the broker's Redis, which a
+        # waiting beat polls for every fifth of its expiry (see `workers.beat`).
+        lock = s.beat_lock_seconds or int(max(30, min(s.reconcile_interval,
+                                                      s.canary_interval) * 5))
         conf.update(
-            beat_scheduler="redbeat.RedBeatScheduler",
+            beat_scheduler="workers.beat:LeaderScheduler",
+            beat_max_loop_interval=max(1, lock // 5),
             redbeat_redis_url=s.broker_url,
             redbeat_key_prefix=s.redis_prefix + KEY_BEAT,
-            redbeat_lock_timeout=int(max(30, min(s.reconcile_interval, s.canary_interval) * 5)),
+            redbeat_lock_timeout=lock,
         )
+        conf.update(_redbeat_sentinel(s))
     return conf
 
 
@@ -99,7 +106,23 @@ def _transport_options(s: Settings) -> dict[str, Any]:
             "store_processed": False,
             "polling_interval": 0.1,
         }
-    return {"visibility_timeout": s.visibility_timeout, "global_keyprefix": s.redis_prefix}
+    options: dict[str, Any] = {"visibility_timeout": s.visibility_timeout,
+                               "global_keyprefix": s.redis_prefix,
+                               "socket_connect_timeout": SOCKET_TIMEOUT}
+    if redis_clients.target(s.broker_url, s.sentinel_master) is not None:
+        # kombu asks every sentinel of the URL in turn, for the primary under this name.
+        options["master_name"] = s.sentinel_master
+        options["sentinel_kwargs"] = SENTINEL_KWARGS
+    return options
+
+
+def _redbeat_sentinel(s: Settings) -> dict[str, Any]:
+    """RedBeat reads Sentinel from a `redis-sentinel` URL with the sentinels in its options."""
+    found = redis_clients.target(s.broker_url, s.sentinel_master)
+    if found is None:
+        return {}
+    return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options":
+            found.redbeat_options()}
 
 
 globals().update(build(settings()))

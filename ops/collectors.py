@@ -9,11 +9,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import redis
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ops.online import KEY_QUEUE
+from ops.redis_clients import sync_client
 from ops.settings import Settings
 from ops.store import Store, TenantQueue
 from schemas.batch import JobStatus
@@ -28,7 +28,8 @@ class StateCollector(Collector):
     def __init__(self, cfg: Settings, store: Store) -> None:
         self.cfg, self.store = cfg, store
         # One broker connection for every scrape (redis-py reconnects after a failure).
-        self.redis = None if cfg.embedded_broker else redis.Redis.from_url(cfg.broker_url)
+        self.redis = (None if cfg.embedded_broker
+                      else sync_client(cfg.broker_url, cfg.sentinel_master))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily("bem_jobs", "Jobs by status", labels=["status"])

@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from ops import metrics
-from ops.async_redis import async_client
+from ops.redis_clients import async_client, sync_client
 from ops.settings import Settings
 from ops.store import Store
 from schemas.canary import Arm
@@ -149,8 +149,8 @@ class RedisOnlineQueue(OnlineQueue):
 
     BLOCKING, POLL, TAKE = 0.2, 0.0005, 64
 
-    def __init__(self, url: str, prefix: str) -> None:
-        self.redis = redis.Redis.from_url(url, socket_timeout=None)
+    def __init__(self, url: str, prefix: str, master: str = "") -> None:
+        self.redis = sync_client(url, master)
         self.queue = prefix + KEY_QUEUE
         self._held: list[bytes] = []  # taken from Redis, not yet handed out (newest last)
 
@@ -233,7 +233,7 @@ class StoreOnlineQueue(OnlineQueue):
 def open_queue(cfg: Settings, store: Store) -> OnlineQueue:
     if cfg.embedded_broker:
         return StoreOnlineQueue(store)
-    return RedisOnlineQueue(cfg.broker_url, cfg.redis_prefix)
+    return RedisOnlineQueue(cfg.broker_url, cfg.redis_prefix, cfg.sentinel_master)
 
 
 class OnlineGateway(abc.ABC):
@@ -253,8 +253,8 @@ class RedisOnlineGateway(OnlineGateway):
     """One reply list per gateway process, read by one task (`bemq-online-replies`) that
     resolves each waiting request's future: waiting costs no thread and no connection."""
 
-    def __init__(self, url: str, prefix: str) -> None:
-        self.url = url
+    def __init__(self, url: str, prefix: str, master: str = "") -> None:
+        self.url, self.master = url, master
         self.queue = prefix + KEY_QUEUE
         self.reply_to = f"{prefix}{KEY_REPLY}{uuid.uuid4().hex}"
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -268,9 +268,9 @@ class RedisOnlineGateway(OnlineGateway):
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._redis is None:
             self._loop, self._pending = loop, {}
-            self._redis = async_client(self.url)
+            self._redis = async_client(self.url, self.master)
             self._push = self._redis.register_script(PUSH_IF_ROOM)
-            self._listener = loop.create_task(self._replies(aioredis.Redis.from_url(self.url)),
+            self._listener = loop.create_task(self._replies(async_client(self.url, self.master)),
                                               name="bemq-online-replies")
         return self._redis
 
@@ -352,4 +352,4 @@ class StoreOnlineGateway(OnlineGateway):
 def open_gateway(cfg: Settings, store: Store) -> OnlineGateway:
     if cfg.embedded_broker:
         return StoreOnlineGateway(store)
-    return RedisOnlineGateway(cfg.broker_url, cfg.redis_prefix)
+    return RedisOnlineGateway(cfg.broker_url, cfg.redis_prefix, cfg.sentinel_master)

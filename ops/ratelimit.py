@@ -7,10 +7,9 @@ import abc
 import asyncio
 import time
 
-import redis
 import redis.asyncio as aioredis
 
-from ops.async_redis import async_client
+from ops.redis_clients import async_client, sync_client
 from ops.settings import Settings
 from ops.store import Store
 
@@ -42,10 +41,11 @@ class Limiter(abc.ABC):
 
 
 class RedisLimiter(Limiter):
-    def __init__(self, url: str, prefix: str, rate: float, burst: int) -> None:
+    def __init__(self, url: str, prefix: str, rate: float, burst: int, master: str = ""
+                 ) -> None:
         super().__init__(rate, burst)
-        self.url = url
-        self.redis = redis.Redis.from_url(url)
+        self.url, self.master = url, master
+        self.redis = sync_client(url, master)
         self.script = self.redis.register_script(_TAKE)
         self.prefix = prefix + "ratelimit:"
         self._async: tuple[asyncio.AbstractEventLoop, aioredis.Redis, object] | None = None
@@ -57,7 +57,7 @@ class RedisLimiter(Limiter):
     async def take_async(self, bucket: str) -> float:
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:  # clients belong to one loop
-            client = async_client(self.url)
+            client = async_client(self.url, self.master)
             self._async = (loop, client, client.register_script(_TAKE))
         script = self._async[2]
         return float(await script(keys=[self.prefix + bucket],  # type: ignore[operator]
@@ -77,4 +77,4 @@ def open_limiter(cfg: Settings, store: Store) -> Limiter:
     if cfg.embedded_broker:
         return StoreLimiter(store, cfg.rate_limit_per_second, cfg.rate_limit_burst)
     return RedisLimiter(cfg.broker_url, cfg.redis_prefix, cfg.rate_limit_per_second,
-                        cfg.rate_limit_burst)
+                        cfg.rate_limit_burst, cfg.sentinel_master)

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     # Where the embedded default keeps its broker folders, SQLite file and blobs.
     home: Path = Path("var")
     broker_url: str = "filesystem://"
+    # With a `sentinel://a:26379;sentinel://b:26379;...` broker: the name the sentinels monitor
+    # the primary under (Celery, RedBeat, the online queue and the rate limiter all use it).
+    sentinel_master: str = ""
+    # Seconds a beat leader's lock outlives its last extension: how soon another host's beat
+    # takes over from one that died or was cut off (0 = five times the shortest of the
+    # reconcile and canary intervals, at least 30).
+    beat_lock_seconds: int = Field(0, ge=0)
     database_url: str = ""
     blob_url: str = ""
     s3_endpoint_url: str | None = None
@@ -227,6 +234,10 @@ class Settings(BaseSettings):
                 "BEMQ_CANARY_PROBE_ROWS=0 with BEMQ_CANARY_SHADOW_FRACTION=0 leaves a canary no "
                 "gate that compares it with stable (only errors and unsafe outputs would count, "
                 "so wrong but well-formed outputs would promote): keep one of them on")
+        if self.broker_url.startswith("sentinel://"):
+            from ops.redis_clients import SentinelTarget
+
+            SentinelTarget.parse(self.broker_url, self.sentinel_master)
         return self
 
     @property

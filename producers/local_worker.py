@@ -19,18 +19,21 @@ class WorkerFailed(RuntimeError):
 
 class LocalWorker:
     def __init__(self, env: dict[str, str], log_path: Path, *, queues: str = "gpu,online",
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), wrap: tuple[str, ...] = ()) -> None:
+        """`wrap` runs the worker through another command (`ip netns exec NS`, for a test
+        host) that replaces itself with it."""
         self.env = env
         self.log_path = log_path
         self.queues = queues
         self.extra = extra
+        self.wrap = wrap
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LocalWorker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        cmd = [sys.executable, "-m", "workers", "--queues", self.queues, "--loglevel", "INFO",
-               *self.extra]
+        cmd = [*self.wrap, sys.executable, "-m", "workers", "--queues", self.queues,
+               "--loglevel", "INFO", *self.extra]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()

@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1,
                         help="threads for non-GPU queues (ops)")
     parser.add_argument("--loglevel", default="INFO")
-    parser.add_argument("--beat", action="store_true", help="embed celery beat (one host only)")
+    parser.add_argument("--beat", action="store_true",
+                        help="embed celery beat (on Redis, several hosts may: one leads, the "
+                        "others wait to take over)")
     args = parser.parse_args(argv)
 
     devices = _devices(args.devices) if "gpu" in args.queues or "online" in args.queues else []

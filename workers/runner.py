@@ -172,6 +172,22 @@ def write(rt: Runtime, work: Work) -> None:
         rt.release_memory()
     if done.first and done.job_done:
         finalize(rt.store, rt.blobs, mb.job_id)
+    elif not done.first:
+        _late(rt, mb)
+
+
+def _late(rt: Runtime, mb: MicroBatch) -> None:
+    """Another holder completed this micro-batch first (this worker lost its lease: cut off,
+    or stalled, past it): the completion changed nothing. Its shards are the same items under
+    the same keys, so before the job ends they are the ones its files are built from; once the
+    job has ended (its files published, its shards cleared or about to be) they would be left
+    for ever, so they go."""
+    log.info("micro-batch %s/%d was completed by another worker first; this late completion "
+             "changed nothing", mb.job_id, mb.seq)
+    job = rt.store.get_job(mb.job_id)
+    if job is None or job.status.terminal:
+        for kind in ("out", "err"):
+            rt.blobs.delete(shard_key(mb.job_id, mb.seq, kind))
 
 
 def embed_items(embed: Embed, entries: Sequence[tuple[Item, list[int]]]) -> list[Result]:

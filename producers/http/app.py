@@ -14,6 +14,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
+import redis
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -104,6 +105,7 @@ def create_app(cfg: Settings | None = None) -> ASGIApp:
 
     @app.exception_handler(StoreUnavailable)
     @app.exception_handler(BlobsUnavailable)
+    @app.exception_handler(redis.RedisError)  # the broker's Redis, e.g. during a failover
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
         return error_response(503, f"{type(exc).__name__}: {exc}", kind="server_error",
                               code="unavailable", headers={"Retry-After": "5"})

@@ -21,6 +21,7 @@ from producers.corpus import sentences
 from schemas.batch import Job
 from tests.conftest import embedded_env
 from tests.support.deploy import (
+    FAST_RECOVERY,
     assert_exactly_once,
     max_deliveries,
     running,
@@ -32,17 +33,6 @@ from tests.support.private import PrivatePostgres, PrivateRedis
 from tests.support.services import create_database, drop_database
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
-
-FAST_RECOVERY = {
-    "BEMQ_LEASE_SECONDS": "4",
-    "BEMQ_RECONCILE_INTERVAL": "1",
-    "BEMQ_REQUEUE_AFTER_SECONDS": "3",
-    "BEMQ_VISIBILITY_TIMEOUT": "20",
-    "BEMQ_HEARTBEAT_SECONDS": "1",
-    "BEMQ_MAX_BATCH_SIZE": "32",
-    "BEMQ_MAX_DELIVERIES": "10",
-}
-
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:

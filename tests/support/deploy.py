@@ -13,6 +13,17 @@ from producers.client import Client
 from producers.local_worker import LocalWorker
 from schemas.batch import Job, JobStatus
 
+# Short leases, frequent reconcile and heartbeats: lost work comes back within seconds.
+FAST_RECOVERY = {
+    "BEMQ_LEASE_SECONDS": "4",
+    "BEMQ_RECONCILE_INTERVAL": "1",
+    "BEMQ_REQUEUE_AFTER_SECONDS": "3",
+    "BEMQ_VISIBILITY_TIMEOUT": "20",
+    "BEMQ_HEARTBEAT_SECONDS": "1",
+    "BEMQ_MAX_BATCH_SIZE": "32",
+    "BEMQ_MAX_DELIVERIES": "10",
+}
+
 
 def settings_for(env: dict[str, str]) -> Settings:
     """The Settings a process started with `env` would read."""

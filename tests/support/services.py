@@ -34,11 +34,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 20.0) -> bool:
+def wait_port(port: int, timeout: float = 20.0, address: str = "127.0.0.1") -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            sock.settimeout(1.0)
+            if sock.connect_ex((address, port)) == 0:
                 return True
         time.sleep(0.05)
     return False
