@@ -56,13 +56,17 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if self.cut_off.is_set():  # cut while this one was connecting upstream
+                    for sock in (client, upstream):
+                        sock.close()
+                    continue
                 self._open.update((client, upstream))
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
-            while chunk := src.recv(65536):
+            while (chunk := src.recv(65536)) and not self.cut_off.is_set():
                 dst.sendall(chunk)
         except OSError:
             pass  # the connection was cut (the point of this proxy) or closed: the pump ends
