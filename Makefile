@@ -60,6 +60,7 @@ bench: install wrk
 	$(PY) bench/recovery.py --json bench-results/recovery.json
 	$(PY) bench/fairness.py --json bench-results/fairness.json
 	$(PY) bench/drift.py --json bench-results/drift.json
+	$(PY) bench/capacity.py --json bench-results/capacity.json
 
 soak: install
 	mkdir -p bench-results

@@ -122,20 +122,25 @@ def generator(n: int, pg: str, url: str, until: float, store_too: bool,
     out.put((done, messages, lat))
 
 
-def cpu_seconds(names: tuple[str, ...]) -> float:
-    """User + system CPU seconds of every process here with one of these command names."""
+def cpu_seconds(name: str) -> float:
+    """CPU seconds (user + system) of every process here named `name`, with those of its
+    children that have exited (a PostgreSQL backend ends with its connection; the postmaster
+    that reaps it then holds its time)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    stats = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
-        if comm in names:
-            fields = rest.split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        if stat[stat.index("(") + 1:stat.rindex(")")] == name:
+            stats[pid] = stat[stat.rindex(")") + 2:].split()
+    total = 0
+    for fields in stats.values():
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if fields[1] not in stats:  # a parent of the others: its reaped children's time too
+            total += int(fields[13]) + int(fields[14])
+    return total / tick
 
 
 def seed(store, template: str, copies: int) -> str:  # type: ignore[no-untyped-def]
@@ -168,11 +173,11 @@ def level(n: int, seconds: float, pg: str, url: str, store_too: bool) -> dict[st
     for p in procs:
         p.start()
     time.sleep(max(0.0, start - time.time()))
-    cpu_before = {"pg": cpu_seconds(("postgres",)), "redis": cpu_seconds(("redis-server",))}
+    cpu_before = {"pg": cpu_seconds("postgres"), "redis": cpu_seconds("redis-server")}
     results = [out.get(timeout=seconds + 120) for _ in procs]
     elapsed = time.time() - start
-    cpu = {"pg": cpu_seconds(("postgres",)) - cpu_before["pg"],
-           "redis": cpu_seconds(("redis-server",)) - cpu_before["redis"]}
+    cpu = {"pg": cpu_seconds("postgres") - cpu_before["pg"],
+           "redis": cpu_seconds("redis-server") - cpu_before["redis"]}
     for p in procs:
         p.join(30)
     lat: dict[str, list[float]] = {}
@@ -214,6 +219,7 @@ def main() -> int:
             with store.tx() as cur:
                 items = cur.execute("SELECT SUM(rows) * 1.0 / COUNT(*) FROM micro_batches "
                                     "WHERE job_id = ?", (template,)).fetchone()[0]
+            items = float(items)
             rate = 150.0  # a first guess of completions/s, then each level's own
             for n in levels:
                 for store_too in (True, False):

@@ -76,20 +76,50 @@ class TenantQueue:
 
 class DispatchRecords(Transactional):
     # -- claims ------------------------------------------------------------------------------
-    @retried
     def claim(self, job_id: str, seq: int, worker: str, lease_seconds: float,
               max_deliveries: int) -> Claim:
         """Take the lease on one named micro-batch; see `ClaimOutcome`."""
-        with self.tx() as cur:
-            return _claim_row(cur, job_id, seq, worker, lease_seconds, max_deliveries,
-                              time.time())
+        return self._with_items(self._claim_named(job_id, seq, worker, lease_seconds,
+                                                  max_deliveries))
 
-    @retried
     def claim_next(self, token: str, worker: str, lease_seconds: float, max_deliveries: int,
                    order: DispatchOrder, window: Window) -> Claim:
         """Use dispatch message `token`: claim the micro-batch that goes next (RUN or DEAD), or
         find none ready (IDLE), or none to use (STALE); the window is refilled in the same
-        transaction."""
+        transaction.
+
+        The claim itself holds the dispatch lock, which serialises every worker's claims, so
+        it reads no more than it decides by: the micro-batch's items and token ids (tens of
+        kilobytes, decoded into objects) are read after it commits, with the lease already
+        this worker's. That read is its own retried step, so a retry never repeats the claim."""
+        return self._with_items(self._claim_next(token, worker, lease_seconds, max_deliveries,
+                                                 order, window))
+
+    @retried
+    def _claim_named(self, job_id: str, seq: int, worker: str, lease_seconds: float,
+                     max_deliveries: int) -> Claim:
+        with self.tx() as cur:
+            return _claim_row(cur, job_id, seq, worker, lease_seconds, max_deliveries,
+                              time.time())[0]
+
+    @retried
+    def _with_items(self, got: Claim) -> Claim:
+        """The claim with its micro-batch's items and token ids, read from the store."""
+        mb = got.micro_batch
+        if mb is None:
+            return got
+        with self.tx() as cur:
+            row = cur.execute("SELECT items, tokens FROM micro_batches WHERE job_id = ? AND "
+                              "seq = ?", (mb.job_id, mb.seq)).fetchone()
+        if row is None or row[0] == "[]":  # finished meanwhile by a holder that lost its lease
+            return Claim(ClaimOutcome.DONE)
+        filled = mb.model_copy(update={"items": ITEMS.validate_json(row[0]),
+                                       "tokens": None if row[1] is None else bytes(row[1])})
+        return dataclasses.replace(got, micro_batch=filled)
+
+    @retried
+    def _claim_next(self, token: str, worker: str, lease_seconds: float, max_deliveries: int,
+                    order: DispatchOrder, window: Window) -> Claim:
         now = time.time()
         with self.tx() as cur:
             turn = _lock(cur, window, now)
@@ -128,14 +158,15 @@ class DispatchRecords(Transactional):
         if chosen is None:
             return Claim(ClaimOutcome.IDLE)
         row = next(r for r in rows if r[0] == chosen.job_id)
-        got = _claim_row(cur, chosen.job_id, row[7], worker, lease_seconds, max_deliveries, now)
+        got, texts = _claim_row(cur, chosen.job_id, row[7], worker, lease_seconds,
+                                max_deliveries, now)
         if got.micro_batch is None:
             return got
         weight = row[6]
         cur.execute(
             "INSERT INTO dispatch_shares (tenant, pass) VALUES (?, ?) "
             "ON CONFLICT (tenant) DO UPDATE SET pass = excluded.pass",
-            (chosen.tenant, charge(chosen.start, got.micro_batch.rows, weight)),
+            (chosen.tenant, charge(chosen.start, texts, weight)),
         )
         cur.execute("UPDATE jobs SET dispatched_at = ? WHERE id = ?", (now, chosen.job_id))
         return dataclasses.replace(got, rank=(chosen.start, count))
@@ -284,25 +315,25 @@ def _refill(cur: Cursor, turn: _Turn, now: float) -> tuple[str, ...]:
 
 
 def _claim_row(cur: Cursor, job_id: str, seq: int, worker: str, lease_seconds: float,
-               max_deliveries: int, now: float) -> Claim:
-    """Take the lease on one micro-batch. It is DEAD once `max_deliveries` forwards were begun
-    on it and never finished (its workers died in them): claiming alone counts nothing, since
-    a worker claims ahead."""
+               max_deliveries: int, now: float) -> tuple[Claim, int]:
+    """Take the lease on one micro-batch; (the claim, whose micro-batch's items are still to be
+    read, and its texts). It is DEAD once `max_deliveries` forwards were begun on it and never
+    finished (its workers died in them): claiming alone counts nothing, since a worker claims
+    ahead."""
     row = cur.execute(
         "SELECT mb.state, mb.lease_until, mb.claims, mb.deliveries, "
-        "mb.finished_forwards, mb.items, j.status, j.expired_at, mb.tokens "
+        "mb.finished_forwards, mb.rows, j.status, j.expired_at "
         "FROM micro_batches mb JOIN jobs j ON j.id = mb.job_id "
         "WHERE mb.job_id = ? AND mb.seq = ?",
         (job_id, seq),
     ).fetchone()
     if row is None:
-        return Claim(ClaimOutcome.DONE)
-    (state, lease_until, claims, deliveries, finished, items_json, job_status,
-     expired_at, token_ids) = row
+        return Claim(ClaimOutcome.DONE), 0
+    (state, lease_until, claims, deliveries, finished, texts, job_status, expired_at) = row
     if MicroBatchState(state).terminal:
-        return Claim(ClaimOutcome.DONE)
+        return Claim(ClaimOutcome.DONE), 0
     if state == RUNNING and lease_until and lease_until > now:
-        return Claim(ClaimOutcome.BUSY)
+        return Claim(ClaimOutcome.BUSY), 0
     if expired_at is not None or job_status in (
         JobStatus.CANCELLING.value, JobStatus.CANCELLED.value, JobStatus.EXPIRED.value
     ):
@@ -311,7 +342,7 @@ def _claim_row(cur: Cursor, job_id: str, seq: int, worker: str, lease_seconds: f
             "WHERE job_id = ? AND seq = ? AND state = ?",
             (MicroBatchState.SKIPPED.value, job_id, seq, state),
         )
-        return Claim(ClaimOutcome.SKIP)
+        return Claim(ClaimOutcome.SKIP), 0
     cur.execute(
         "UPDATE micro_batches SET state = ?, lease_until = ?, worker = ?, claimed_at = ?, "
         "claims = claims + 1, not_before = NULL "
@@ -319,13 +350,12 @@ def _claim_row(cur: Cursor, job_id: str, seq: int, worker: str, lease_seconds: f
         (RUNNING, now + lease_seconds, worker, now, job_id, seq, state, claims),
     )
     if cur.rowcount != 1:
-        return Claim(ClaimOutcome.BUSY)
+        return Claim(ClaimOutcome.BUSY), 0
     mb = MicroBatch(
-        job_id=job_id, seq=seq, state=MicroBatchState.RUNNING,
-        items=ITEMS.validate_json(items_json), deliveries=deliveries,
-        failed_deliveries=deliveries - finished, lease_until=now + lease_seconds,
-        tokens=None if token_ids is None else bytes(token_ids),
+        job_id=job_id, seq=seq, state=MicroBatchState.RUNNING, items=[],
+        deliveries=deliveries, failed_deliveries=deliveries - finished,
+        lease_until=now + lease_seconds,
     )
     dead = deliveries - finished >= max_deliveries
-    return Claim(ClaimOutcome.DEAD if dead else ClaimOutcome.RUN, mb)
+    return Claim(ClaimOutcome.DEAD if dead else ClaimOutcome.RUN, mb), int(texts)
 

@@ -24,7 +24,13 @@ from producers.corpus import sentences
 from producers.local_worker import LocalWorker
 from tests.conftest import embedded_env
 from tests.support import hosts
-from tests.support.deploy import FAST_RECOVERY, assert_exactly_once, settings_for, wait_for
+from tests.support.deploy import (
+    FAST_RECOVERY,
+    assert_exactly_once,
+    settings_for,
+    start_worker,
+    wait_for,
+)
 from tests.support.private import PrivatePostgres, PrivateRedis, sentinel
 from tests.support.services import require, wait_port
 
@@ -60,13 +66,8 @@ def cluster_env(tmp_path: Path, broker_url: str, database_url: str, **extra: str
 
 def start_on(host: hosts.Host, env: dict[str, str], client: Client, log: Path,
              **kw: object) -> LocalWorker:
-    worker = LocalWorker(env, log, wrap=host.prefix(), **kw).start()  # type: ignore[arg-type]
-    try:
-        worker.wait_ready(client.store)
-    except Exception:
-        worker.kill()
-        raise
-    return worker
+    """A worker process on `host`, once it heartbeats."""
+    return start_worker(env, client, log, wrap=host.prefix(), **kw)
 
 
 def beat_sends(log: Path, since: float = 0.0) -> int:
