@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 SCHEMA_LOCK = 0x62656D71  # "bemq"
 # A pooled connection used this recently goes out again unchecked (see `PostgresStore._check`).
 FRESH_SECONDS = 1.0
+# A session left idle inside a transaction this long is ended by the server. bemq's own
+# transactions run statement after statement, so only a client gone mid-transaction (a host
+# cut off, a process frozen) ever idles there; meanwhile its row locks, the dispatch lock among
+# them, would stop every worker's claims until TCP gave up on it (hours).
+IDLE_IN_TRANSACTION_MS = 30_000
+# Unacknowledged data this long fails the connection on the client (instead of TCP's own
+# retransmissions for up to about 15 minutes), so a worker cut off retries on a fresh one.
+TCP_USER_TIMEOUT_MS = 10_000
 
 
 class _Cursor:
@@ -61,7 +69,8 @@ class PostgresStore(Store):
         self.pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False,
             timeout=min(5.0, max(retry_seconds, 0.5)),
-            kwargs={"connect_timeout": 5}, check=self._check,
+            kwargs={"connect_timeout": 5, "tcp_user_timeout": TCP_USER_TIMEOUT_MS},
+            check=self._check, configure=_configure,
         )
         self._used: weakref.WeakKeyDictionary[psycopg.Connection, float] = \
             weakref.WeakKeyDictionary()
@@ -124,6 +133,13 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    """Settings of every pooled session, set as it opens (a SET, not a startup option, so that
+    it also passes PgBouncer; behind one in transaction mode, set it on the role instead)."""
+    conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+    conn.commit()
 
 
 def _log_notice(notice: psycopg.errors.Diagnostic) -> None:

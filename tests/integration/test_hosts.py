@@ -315,3 +315,39 @@ def test_one_beat_leader_while_the_leaders_host_is_cut_off(network: hosts.Networ
         for worker in workers:
             worker.stop()
         broker.kill()
+
+
+HOLD_THE_DISPATCH_LOCK = """
+import sys, time
+from ops.store import open_store
+store = open_store(sys.argv[1])
+with store.tx() as cur:
+    cur.execute("UPDATE dispatch SET value = value + 1 WHERE name = 'turns'")
+    print("locked", flush=True)
+    time.sleep(3600)
+"""
+
+
+def test_a_host_cut_off_inside_a_transaction_does_not_stop_every_claim(
+        network: hosts.Network, database: str, tmp_path: Path) -> None:
+    """A process holding the dispatch lock (as a claim does) when its host is cut off: the
+    server ends its session once it has idled in the transaction for 30 s, and the next claim
+    goes through; without that, every worker's claims would wait on the lock for hours."""
+    from ops.store import open_store
+    from ops.store.postgres import IDLE_IN_TRANSACTION_MS
+
+    holder = network.host("holder")
+    log = tmp_path / "holder.log"
+    env = embedded_env(tmp_path / "var")
+    proc = holder.popen([sys.executable, "-c", HOLD_THE_DISPATCH_LOCK, database], log, env)
+    store = open_store(database, retry_seconds=5)
+    try:
+        wait_for(lambda: "locked" in log.read_text(), 60, "the holder to take the lock")
+        holder.cut()
+        cut_at = time.monotonic()
+        store.top_up(settings_for(env).window)  # takes the dispatch lock: waits for the holder
+        waited = time.monotonic() - cut_at
+        assert IDLE_IN_TRANSACTION_MS / 1000 - 1 < waited < IDLE_IN_TRANSACTION_MS / 1000 + 20
+    finally:
+        proc.kill()
+        store.close()
