@@ -77,7 +77,10 @@ def build(s: Settings) -> dict[str, Any]:
             redbeat_key_prefix=s.redis_prefix + KEY_BEAT,
             redbeat_lock_timeout=lock,
         )
-        conf.update(_redbeat_sentinel(s))
+        found = redis_clients.target(s.broker_url, s.sentinel_master)
+        if found is not None:  # RedBeat's Sentinel branch: a `redis-sentinel` URL, options
+            conf.update(redbeat_redis_url="redis-sentinel://",
+                        redbeat_redis_options=found.redbeat_options())
     return conf
 
 
@@ -115,14 +118,6 @@ def _transport_options(s: Settings) -> dict[str, Any]:
         options["sentinel_kwargs"] = SENTINEL_KWARGS
     return options
 
-
-def _redbeat_sentinel(s: Settings) -> dict[str, Any]:
-    """RedBeat reads Sentinel from a `redis-sentinel` URL with the sentinels in its options."""
-    found = redis_clients.target(s.broker_url, s.sentinel_master)
-    if found is None:
-        return {}
-    return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options":
-            found.redbeat_options()}
 
 
 globals().update(build(settings()))

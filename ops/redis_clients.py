@@ -68,10 +68,10 @@ class SentinelTarget:
         return cls(tuple(sentinels), master, db, username, password)
 
     def redbeat_options(self) -> dict[str, Any]:
-        """`redbeat_redis_options` for RedBeat's own Sentinel branch."""
+        """`redbeat_redis_options` for RedBeat's own Sentinel branch (no `retry_period`: a
+        beat that cannot reach Redis retries in `workers.beat`, as on a plain Redis URL)."""
         return {"sentinels": list(self.sentinels), "service_name": self.master, "db": self.db,
-                "password": self.password, "socket_timeout": SOCKET_TIMEOUT,
-                "retry_period": 60}
+                "password": self.password, "socket_timeout": SOCKET_TIMEOUT}
 
     def _kwargs(self) -> dict[str, Any]:
         return {"db": self.db, "username": self.username, "password": self.password,

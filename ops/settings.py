@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ops.redis_clients import target as redis_target
 from ops.store.dispatch import Window
 from schemas.constants import SCHEDULED
 
@@ -234,10 +235,7 @@ class Settings(BaseSettings):
                 "BEMQ_CANARY_PROBE_ROWS=0 with BEMQ_CANARY_SHADOW_FRACTION=0 leaves a canary no "
                 "gate that compares it with stable (only errors and unsafe outputs would count, "
                 "so wrong but well-formed outputs would promote): keep one of them on")
-        if self.broker_url.startswith("sentinel://"):
-            from ops.redis_clients import SentinelTarget
-
-            SentinelTarget.parse(self.broker_url, self.sentinel_master)
+        redis_target(self.broker_url, self.sentinel_master)  # a bad Sentinel URL stops here
         return self
 
     @property

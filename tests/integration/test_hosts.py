@@ -296,7 +296,6 @@ def test_one_beat_leader_while_the_leaders_host_is_cut_off(network: hosts.Networ
             wait_for(lambda: leads(first, 0), 60, "the first beat to lead")
             workers.append(start_on(second, env, client, logs[second], queues="ops",
                                     extra=("--beat",)))
-            started = time.time()
             time.sleep(3)
             assert not leads(second, 0), "a second beat sent while the first led"
             for leader, standby in ((first, second), (second, first)):
@@ -314,7 +313,6 @@ def test_one_beat_leader_while_the_leaders_host_is_cut_off(network: hosts.Networ
                 time.sleep(3)
                 assert not leads(leader, back_at), f"{leader.name} sent after it lost the lock"
                 assert leads(standby, back_at), f"{standby.name} stopped leading"
-            assert beat_sends(logs[first], started) + beat_sends(logs[second], started) > 0
             assert all(w.proc is not None and w.proc.poll() is None for w in workers)
     finally:
         for worker in workers:

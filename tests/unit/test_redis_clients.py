@@ -50,8 +50,8 @@ def test_celery_and_redbeat_get_every_sentinel_and_the_master_name() -> None:
 
 
 def test_a_client_of_a_sentinel_url_asks_every_sentinel() -> None:
-    """The sync client is Sentinel-managed: its pool asks the sentinels for the primary, and
-    READONLY from a demoted primary becomes a reconnect (redis-py's managed connection)."""
+    """The sync client is Sentinel-managed: its pool asks all three sentinels for the primary
+    by the master's name."""
     client = sync_client(URL, "bemq")
     pool = client.connection_pool
     assert isinstance(pool, redis.sentinel.SentinelConnectionPool)
