@@ -306,8 +306,9 @@ def test_schemathesis_finds_no_server_error(deployment: dict, tmp_path: Path) ->
          "--exclude-checks", "positive_data_acceptance,negative_data_rejection",
          "--max-examples", "25", "--seed", "1", "--request-timeout", "60",
          # One worker: hypothesis describes filters by parsing their source with `ast`, and
-         # CPython 3.11's parser state is shared between threads ("AST constructor recursion
-         # depth mismatch" when two parse at once, cpython#106905).
+         # CPython 3.11's AST constructor keeps its recursion counter in state that threads
+         # share ("AST constructor recursion depth mismatch" when two parse at once,
+         # cpython#106905).
          "--phases", "examples,coverage,fuzzing", "--workers", "1"],
         capture_output=True, text=True, timeout=360)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
