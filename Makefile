@@ -66,6 +66,7 @@ soak: install
 	mkdir -p bench-results
 	$(PY) bench/soak.py --json bench-results/soak.json
 	$(PY) bench/soak.py --json bench-results/soak-retention.json --retention 120 --min-seconds 600 --jobs 0 --steady 80 --job-items 200
+	$(PY) bench/soak.py --json bench-results/soak-sqlite.json --retention 120 --min-seconds 600 --jobs 0 --steady 80 --job-items 200 --store sqlite --workers 1
 
 check-kernels: install
 	$(PY) -m kernels.check --tol 1e-3

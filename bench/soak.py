@@ -20,11 +20,15 @@ from 2 × retention + 60 s until submissions stop at `--min-seconds` (the platea
 less the input files of unfinished jobs and all output shards): what retention governs, apart
 from the work in flight, which follows the load.
 
+With `--store sqlite` it runs the embedded default instead: SQLite, the filesystem broker and one
+worker process that also runs every beat entry; the store's bytes are the database file and its
+write-ahead log.
+
 With `--steady ITEMS_PER_S` one submitter sends jobs of `--job-items` on a fixed schedule
 instead (open loop), so that the work in flight is stationary and what moves is retention's.
 
 Usage: python bench/soak.py --json PATH [--jobs 200] [--min-seconds 300] [--blobs local|s3]
-       [--retention 120] [--steady 80 --job-items 200]
+       [--retention 120] [--steady 80 --job-items 200] [--store sqlite --workers 1]
 """
 
 from __future__ import annotations
@@ -156,14 +160,20 @@ class Soak:
             self.read_back.add(job_id)
 
 
-def store_bytes(client: Client) -> int:
+def store_bytes(client: Client, sqlite: Path | None) -> int:
+    """PostgreSQL's `pg_database_size`; SQLite's database file with its write-ahead log."""
+    if sqlite is not None:
+        wal = sqlite.with_name(sqlite.name + "-wal")
+        return sqlite.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
     with client.store.tx() as cur:
         return int(cur.execute("SELECT pg_database_size(current_database())").fetchone()[0])
 
 
-def table_bytes(client: Client) -> dict[str, int]:
+def table_bytes(client: Client, sqlite: Path | None) -> dict[str, int]:
     """Each table's bytes with its indexes and TOAST, the system catalogs' too: which one a
-    store's growth is in."""
+    store's growth is in (PostgreSQL only)."""
+    if sqlite is not None:
+        return {}
     with client.store.tx() as cur:
         rows = cur.execute("SELECT relname, pg_total_relation_size(oid) FROM pg_class"
                            " WHERE relkind = 'r'").fetchall()
@@ -203,6 +213,9 @@ def main() -> int:
     parser.add_argument("--polls-per-s", type=float, default=200)
     parser.add_argument("--max-active", type=int, default=40, help="jobs in flight at most")
     parser.add_argument("--blobs", choices=["local", "s3"], default="local")
+    parser.add_argument("--store", choices=["postgres", "sqlite"], default="postgres",
+                        help="sqlite: the embedded default (SQLite, filesystem broker, one "
+                        "worker process that also runs the beat entries); --workers must be 1")
     parser.add_argument("--steady", type=float, default=0,
                         help="items/s arriving on schedule as jobs of --job-items, from one "
                         "submitter (0: --submitters closed-loop submitters, jobs of 50–2,000)")
@@ -210,17 +223,21 @@ def main() -> int:
     parser.add_argument("--retention", type=float, default=0,
                         help="seconds every retention is set to (0: the defaults)")
     args = parser.parse_args()
+    embedded = args.store == "sqlite"
+    if embedded and args.workers != 1:
+        parser.error("--store sqlite runs the embedded default: one worker (--workers 1)")
 
     home = Path(f"/tmp/bemq-soak-{uuid.uuid4().hex[:8]}")
-    redis = services.redis_client()
+    redis = None if embedded else services.redis_client()
     prefix = f"bemqsoak-{uuid.uuid4().hex[:8]}:"
-    pg = services.create_database()
+    pg = None if embedded else services.create_database()
     moto = services.MotoServer() if args.blobs == "s3" else None
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEMQ_")}
-    env.update(BEMQ_HOME=str(home), BEMQ_BROKER_URL=services.REDIS_URL,
-               BEMQ_REDIS_PREFIX=prefix, BEMQ_DATABASE_URL=pg, BEMQ_DB_POOL_SIZE="16",
-               BEMQ_RECONCILE_INTERVAL="10",
+    env.update(BEMQ_HOME=str(home), BEMQ_RECONCILE_INTERVAL="10",
                BEMQ_TORCH_THREADS=str(max(1, (os.cpu_count() or 1) // args.workers)))
+    if pg is not None:
+        env.update(BEMQ_BROKER_URL=services.REDIS_URL, BEMQ_REDIS_PREFIX=prefix,
+                   BEMQ_DATABASE_URL=pg, BEMQ_DB_POOL_SIZE="16")
     if args.retention:
         keep = str(int(args.retention))
         env.update(BEMQ_RETAIN_INPUT_FILES=keep, BEMQ_RETAIN_OUTPUT_FILES=keep,
@@ -233,17 +250,19 @@ def main() -> int:
                    AWS_SECRET_ACCESS_KEY="soak", AWS_DEFAULT_REGION="us-east-1")
         os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
     cfg = settings_for(env)
+    sqlite = Path(cfg.store_url.removeprefix("sqlite:///")) if embedded else None
     if moto is not None:
         from ops.blobs.s3 import S3Blobs
 
         S3Blobs(cfg.blobs_url.split("/")[2], endpoint_url=moto.url).ensure_bucket()
     workers = [LocalWorker(env, home / f"gpu{n}.log") for n in range(args.workers)]
-    ops = LocalWorker(env, home / "ops.log", queues="ops", extra=("--beat",))
+    # Embedded, the one worker runs every beat entry itself (BEMQ_WORKER_SCHEDULE=auto).
+    ops = [] if embedded else [LocalWorker(env, home / "ops.log", queues="ops", extra=("--beat",))]
     try:
         with Client(cfg) as client:
-            for w in [*workers, ops]:
+            for w in [*workers, *ops]:
                 w.start()
-            for w in [*workers, ops]:
+            for w in [*workers, *ops]:
                 w.wait_ready(client.store)
             soak = Soak(args, client)
             if args.steady:
@@ -268,9 +287,9 @@ def main() -> int:
                 if second % 10 == 0:
                     with soak.lock:
                         in_flight = {k for j, k in soak.inputs.items() if j not in soak.done}
-                    bytes_samples.append((second, store_bytes(client),
+                    bytes_samples.append((second, store_bytes(client, sqlite),
                                           *blob_bytes(client, in_flight)))
-                    tables.append((second, table_bytes(client)))
+                    tables.append((second, table_bytes(client, sqlite)))
                 with soak.lock:
                     submitted, finished = len(soak.jobs), len(soak.done)
                 if rss_start is None and finished:
@@ -297,16 +316,18 @@ def main() -> int:
             duplicates = sum(c - 1 for c in soak.seen.values())
             completion = [soak.done[j] - t0 for j, (t0, _) in soak.jobs.items()]
     finally:
-        for w in [*workers, ops]:
+        for w in [*workers, *ops]:
             w.stop()
         if moto is not None:
             moto.stop()
-        services.drop_database(pg)
-        services.drop_prefix(redis, prefix)
+        if pg is not None:
+            services.drop_database(pg)
+        if redis is not None:
+            services.drop_prefix(redis, prefix)
 
     figures = {
         "wall_s": round(wall, 1), "workers": args.workers, "submitters": args.submitters,
-        "blobs": args.blobs, "jobs": len(soak.jobs),
+        "blobs": args.blobs, "store": args.store, "jobs": len(soak.jobs),
         "items_submitted": submitted_items, "items_accounted": accounted,
         "duplicates": duplicates, "items_per_s": round(submitted_items / wall, 1),
         "job_p50_completion_s": round(percentile(completion, 0.5), 2),
