@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ops.blobs import BlobNotFound
 from ops.keys import file_key
+from ops.store.sqlite import SqliteStore
 from producers.client import Client
 from producers.corpus import sentences
 from producers.local_worker import LocalWorker
@@ -160,19 +161,19 @@ class Soak:
             self.read_back.add(job_id)
 
 
-def store_bytes(client: Client, sqlite: Path | None) -> int:
+def store_bytes(client: Client) -> int:
     """PostgreSQL's `pg_database_size`; SQLite's database file with its write-ahead log."""
-    if sqlite is not None:
-        wal = sqlite.with_name(sqlite.name + "-wal")
-        return sqlite.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    if isinstance(client.store, SqliteStore):
+        wal = Path(f"{client.store.path}-wal")
+        return client.store.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
     with client.store.tx() as cur:
         return int(cur.execute("SELECT pg_database_size(current_database())").fetchone()[0])
 
 
-def table_bytes(client: Client, sqlite: Path | None) -> dict[str, int]:
+def table_bytes(client: Client) -> dict[str, int]:
     """Each table's bytes with its indexes and TOAST, the system catalogs' too: which one a
     store's growth is in (PostgreSQL only)."""
-    if sqlite is not None:
+    if isinstance(client.store, SqliteStore):
         return {}
     with client.store.tx() as cur:
         rows = cur.execute("SELECT relname, pg_total_relation_size(oid) FROM pg_class"
@@ -250,7 +251,6 @@ def main() -> int:
                    AWS_SECRET_ACCESS_KEY="soak", AWS_DEFAULT_REGION="us-east-1")
         os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
     cfg = settings_for(env)
-    sqlite = Path(cfg.store_url.removeprefix("sqlite:///")) if embedded else None
     if moto is not None:
         from ops.blobs.s3 import S3Blobs
 
@@ -287,9 +287,9 @@ def main() -> int:
                 if second % 10 == 0:
                     with soak.lock:
                         in_flight = {k for j, k in soak.inputs.items() if j not in soak.done}
-                    bytes_samples.append((second, store_bytes(client, sqlite),
+                    bytes_samples.append((second, store_bytes(client),
                                           *blob_bytes(client, in_flight)))
-                    tables.append((second, table_bytes(client, sqlite)))
+                    tables.append((second, table_bytes(client)))
                 with soak.lock:
                     submitted, finished = len(soak.jobs), len(soak.done)
                 if rss_start is None and finished:
