@@ -6,6 +6,10 @@ N load-generator processes each do, per micro-batch, the store and broker work a
 holds), claim the micro-batch the store puts next (`Store.claim_next`: the dispatch lock, fair
 share, the window refilled), publish the refill's messages, count the forward begun
 (`begin_forward`) and complete it (`complete`); and each heartbeats every second, as workers do.
+Besides each call's time, the claim's hold of the store's dispatch lock (`Claims.locked_seconds`,
+what serialises every worker's claims), and from it the serial ceiling of micro-batches/s.
+Each level runs once per claim size (`--claim-sizes`: micro-batches one message claims, as
+`BEMQ_CLAIM_SIZE`), side by side, with the ratio of completions/s to a claim size of 1.
 The micro-batches are real ones: a job of the demo corpus packed by the producer (`--batch-size`
 items each), copied inside PostgreSQL as often as a level needs. A second phase runs the broker
 alone (publish and consume, no store). Per N: completions/s, broker messages/s, p50/p99 of every
@@ -15,7 +19,8 @@ All on this machine: the generator shares its two cores with both servers, so th
 the floor of what dedicated servers do. A private `redis-server` (so its CPU is its own) and a
 fresh database on the local PostgreSQL.
 
-Usage: python bench/capacity.py --json PATH [--levels 1,2,4,8] [--seconds 8] [--batch-size 256]
+Usage: python bench/capacity.py --json PATH [--levels 1,2,4,8] [--claim-sizes 1,8] [--seconds 8]
+    [--batch-size 256]
 """
 
 from __future__ import annotations
@@ -57,12 +62,12 @@ def broker(url: str) -> Connection:
     return Connection(url, transport_options={"visibility_timeout": 600})
 
 
-def generator(n: int, pg: str, url: str, until: float, store_too: bool,
+def generator(n: int, pg: str, url: str, until: float, store_too: bool, claim_size: int,
               out: mp.Queue) -> None:
     """One simulated GPU worker until `until`; puts (completions, messages, latencies by call)."""
     store = open_store(pg, pool_size=2) if store_too else None
     name = f"capacity-{n}-{os.getpid()}"
-    lat: dict[str, list[float]] = {"consume": [], "publish": [], "claim": [],
+    lat: dict[str, list[float]] = {"consume": [], "publish": [], "claim": [], "lock": [],
                                    "begin_forward": [], "complete": []}
     done = messages = 0
     stop = threading.Event()
@@ -95,25 +100,27 @@ def generator(n: int, pg: str, url: str, until: float, store_too: bool,
                 continue
             t = time.perf_counter()
             got = store.claim_next(msg.payload, name, LEASE, MAX_DELIVERIES,
-                                   DispatchOrder.SHARE, WINDOW)
+                                   DispatchOrder.SHARE, WINDOW, claim_size)
             lat["claim"].append(time.perf_counter() - t)
+            if got.claims:
+                lat["lock"].append(got.locked_seconds)
             msg.ack()
             for token in got.tokens:
                 t = time.perf_counter()
                 queue.put(token)
                 lat["publish"].append(time.perf_counter() - t)
                 messages += 1
-            mb = got.micro_batch
-            if mb is None:
-                continue
-            t = time.perf_counter()
-            store.begin_forward(mb.job_id, mb.seq, name, last, got.rank[0])
-            lat["begin_forward"].append(time.perf_counter() - t)
-            last = (mb.job_id, mb.seq)
-            t = time.perf_counter()
-            store.complete(mb.job_id, mb.seq, len(mb.items), 0)
-            lat["complete"].append(time.perf_counter() - t)
-            done += 1
+            for claim in got.claims:
+                mb = claim.micro_batch
+                assert mb is not None
+                t = time.perf_counter()
+                store.begin_forward(mb.job_id, mb.seq, name, last, claim.rank[0])
+                lat["begin_forward"].append(time.perf_counter() - t)
+                last = (mb.job_id, mb.seq)
+                t = time.perf_counter()
+                store.complete(mb.job_id, mb.seq, len(mb.items), 0)
+                lat["complete"].append(time.perf_counter() - t)
+                done += 1
         queue.close()
     stop.set()
     if store is not None:
@@ -163,12 +170,14 @@ def seed(store, template: str, copies: int) -> str:  # type: ignore[no-untyped-d
     return job.id
 
 
-def level(n: int, seconds: float, pg: str, url: str, store_too: bool) -> dict[str, float]:
+def level(n: int, seconds: float, pg: str, url: str, store_too: bool,
+          claim_size: int) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     start = time.time() + 3.0  # every process connected before the clock starts
     until = start + seconds
-    procs = [ctx.Process(target=generator, args=(k, pg, url, until, store_too, out),
+    procs = [ctx.Process(target=generator,
+                         args=(k, pg, url, until, store_too, claim_size, out),
                          name=f"capacity-{k}") for k in range(n)]
     for p in procs:
         p.start()
@@ -199,10 +208,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--levels", default="1,2,4,8")
+    parser.add_argument("--claim-sizes", default="1,8")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
+    sizes = [int(v) for v in args.claim_sizes.split(",")]
+    if sizes[0] != 1 or any(k < 1 for k in sizes):
+        parser.error("--claim-sizes: the first must be 1 (the others are compared with it)")
 
     home = Path(tempfile.mkdtemp(prefix="bemq-capacity-"))
     redis = PrivateRedis(home / "redis")
@@ -220,14 +233,18 @@ def main() -> int:
                 items = cur.execute("SELECT SUM(rows) * 1.0 / COUNT(*) FROM micro_batches "
                                     "WHERE job_id = ?", (template,)).fetchone()[0]
             items = float(items)
-            rate = 150.0  # a first guess of completions/s, then each level's own
+            # A first guess of completions/s for each claim size, then the best seen: the
+            # job seeded for a level holds half as much again as that rate would complete.
+            rates = {k: 150.0 * k for k in sizes}
             for n in levels:
-                for store_too in (True, False):
+                for k in [*sizes, 0]:  # 0: the broker alone
+                    store_too = k > 0
                     with store.tx() as cur:
                         cur.execute("DELETE FROM dispatch_tokens")
                     job = None
                     if store_too:
-                        job = seed(store, template, max(2, int(rate * args.seconds * 1.5 / 20)))
+                        job = seed(store, template,
+                                   max(2, int(rates[k] * args.seconds * 1.5 / 20)))
                     with broker(redis.url) as conn:
                         queue = conn.SimpleQueue(QUEUE)
                         queue.clear()
@@ -238,42 +255,61 @@ def main() -> int:
                         for token in tokens:
                             queue.put(token)
                         queue.close()
-                    row = level(n, args.seconds, pg, redis.url, store_too)
-                    row["store"] = float(store_too)
-                    rows.append(row)
-                    console.print({k: round(v, 2) for k, v in row.items()})
+                    row = level(n, args.seconds, pg, redis.url, store_too, max(k, 1))
+                    row["store"], row["claim_size"] = float(store_too), float(k)
                     if store_too:
-                        rate = max(rate, row["completions_per_s"])
+                        rates[k] = max(rates[k], row["completions_per_s"])
+                        if not store.micro_batch_summary(job).get("queued"):
+                            console.print(f"[yellow]N={n}, claim size {k}: the seeded job ran "
+                                          "out; its rate is a floor[/yellow]")
                         with store.tx() as cur:
                             cur.execute("DELETE FROM jobs WHERE id = ?", (job,))
+                    rows.append(row)
+                    console.print({key: round(v, 2) for key, v in row.items()})
     finally:
         services.drop_database(pg)
         redis.kill()
 
-    table = Table("N", "completions/s", "claim p50/p99 ms", "complete p50/p99 ms",
-                  "messages/s", "PG cores", "Redis cores", "broker alone msg/s",
+    table = Table("N", "claim size", "completions/s", "÷ claim size 1", "claim p50/p99 ms",
+                  "lock held p50/p99 ms", "complete p50/p99 ms", "messages/s", "PG cores",
+                  "Redis cores", "broker alone msg/s",
                   title=f"one PostgreSQL + one Redis, {items:.0f} items a micro-batch")
     figures: dict[str, object] = {"items_per_micro_batch": items, "cpu_count": os.cpu_count()}
     for n in levels:
-        both = next(r for r in rows if r["processes"] == n and r["store"])
         alone = next(r for r in rows if r["processes"] == n and not r["store"])
-        table.add_row(str(n), f"{both['completions_per_s']:,.0f}",
-                      f"{both['claim_p50_ms']:.1f} / {both['claim_p99_ms']:.1f}",
-                      f"{both['complete_p50_ms']:.1f} / {both['complete_p99_ms']:.1f}",
-                      f"{both['messages_per_s']:,.0f}", f"{both['postgres_cores']:.2f}",
-                      f"{both['redis_cores']:.2f}", f"{alone['messages_per_s']:,.0f}")
-        figures |= {f"n{n}_{k}": v for k, v in both.items() if k not in ("processes", "store")}
+        base = next(r for r in rows if r["processes"] == n and r["claim_size"] == 1)
+        for k in sizes:
+            both = next(r for r in rows if r["processes"] == n and r["claim_size"] == k)
+            ratio = both["completions_per_s"] / base["completions_per_s"]
+            table.add_row(str(n), str(k), f"{both['completions_per_s']:,.0f}", f"{ratio:.2f}",
+                          f"{both['claim_p50_ms']:.1f} / {both['claim_p99_ms']:.1f}",
+                          f"{both['lock_p50_ms']:.1f} / {both['lock_p99_ms']:.1f}",
+                          f"{both['complete_p50_ms']:.1f} / {both['complete_p99_ms']:.1f}",
+                          f"{both['messages_per_s']:,.0f}", f"{both['postgres_cores']:.2f}",
+                          f"{both['redis_cores']:.2f}",
+                          f"{alone['messages_per_s']:,.0f}" if k == 1 else "")
+            figures |= {f"k{k}_n{n}_{key}": v for key, v in both.items()
+                        if key not in ("processes", "store", "claim_size")}
+            if k != 1:
+                figures[f"k{k}_n{n}_completions_ratio_to_k1"] = ratio
         figures[f"n{n}_broker_alone_messages_per_s"] = alone["messages_per_s"]
         figures[f"n{n}_broker_alone_redis_cores"] = alone["redis_cores"]
     Console(stderr=True).print(table)
-    best = max((r for r in rows if r["store"]), key=lambda r: r["completions_per_s"])
+    stored = [r for r in rows if r["store"]]
+    best = max(stored, key=lambda r: r["completions_per_s"])
     figures["store_completions_per_s_max"] = best["completions_per_s"]
     figures["store_completions_processes"] = best["processes"]
+    figures["store_completions_claim_size"] = best["claim_size"]
     figures["broker_messages_per_s_max"] = max(r["messages_per_s"] for r in rows
                                                if not r["store"])
     # The claim holds the dispatch row lock for its whole transaction, so claims are serial:
-    # one claim's time alone (N = 1) bounds the claims per second of any number of workers.
-    figures["claim_serial_ceiling_per_s"] = 1000 / rows[0]["claim_p50_ms"]
+    # the lock's hold with no other claim waiting (the first level) bounds the turns per second
+    # of any number of workers, and a turn of claim size k claims k micro-batches.
+    for k in sizes:
+        alone_claim = next(r for r in stored if r["processes"] == levels[0]
+                           and r["claim_size"] == k)
+        figures[f"k{k}_lock_serial_ceiling_micro_batches_per_s"] = \
+            k * 1000 / alone_claim["lock_p50_ms"]
     report(args.json, figures, "capacity (bench/capacity.py)")
     return 0
 

@@ -14,6 +14,10 @@ PADDING_EFFICIENCY = Histogram("bem_batch_padding_efficiency",
                                "Real tokens / padded tokens per micro-batch",
                                buckets=(0.1, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0))
 INFERENCE_LATENCY = Histogram("bem_inference_latency_seconds", "Model forward time", ["model"])
+DISPATCH_LOCK = Histogram(
+    "bem_dispatch_lock_seconds", "Seconds a claim held the store's dispatch lock: claims are "
+    "serial, so their sum per second over every worker is the share of the store's claim "
+    "capacity in use", buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
 OOM_SPLITS = Counter("bem_worker_oom_splits", "Forwards split after running out of memory")
 TOKEN_BUDGET = Gauge("bem_worker_token_budget", "Padded tokens this worker puts in one forward")
 BUSY_RATIO = Gauge("bem_worker_busy_ratio", "Share of the last minute this worker spent inside "

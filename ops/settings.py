@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # waiting for the forward; embedded, waiting to be written): enough to keep the device busy,
     # few enough that a worker holds only leases it will soon run.
     pipeline_depth: int = Field(2, ge=1)
+    # Micro-batches one dispatch message claims at once (at most `pipeline_depth`): more make
+    # fewer, cheaper turns under the store's dispatch lock (the limit on how many workers one
+    # store serves), at the cost of new work waiting behind up to the depth on each worker.
+    claim_size: int = Field(1, ge=1)
     # Which micro-batch runs next (`ops.fairshare`): "share" = by tenant weight, then a tenant's
     # job priority, then its jobs in turn; "arrival" = first in, first out.
     dispatch_order: Literal["share", "arrival"] = "share"
@@ -230,6 +234,9 @@ class Settings(BaseSettings):
             raise ValueError("BEMQ_TASK_SOFT_TIME_LIMIT must be below BEMQ_TASK_TIME_LIMIT")
         if self.safety_norm_min >= self.safety_norm_max:
             raise ValueError("BEMQ_SAFETY_NORM_MIN must be below BEMQ_SAFETY_NORM_MAX")
+        if self.claim_size > self.pipeline_depth:
+            raise ValueError(f"BEMQ_CLAIM_SIZE ({self.claim_size}) must not exceed "
+                             f"BEMQ_PIPELINE_DEPTH ({self.pipeline_depth})")
         if self.canary_probe_rows == 0 and self.canary_shadow_fraction == 0:
             raise ValueError(
                 "BEMQ_CANARY_PROBE_ROWS=0 with BEMQ_CANARY_SHADOW_FRACTION=0 leaves a canary no "

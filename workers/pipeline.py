@@ -8,7 +8,9 @@ each. While micro-batch k runs its forward, k+1 is claimed and decoded and k-1 i
 A claim is made only once the forward queue has room for it, and the forward thread takes what
 it holds in dispatch order (`Claim.rank`), so the store's choice is made as late as it can be:
 a job that arrives while this worker is busy runs after the forward now running and the one
-already taken, not after everything the worker might have claimed ahead.
+already taken, not after everything the worker might have claimed ahead. A message may claim
+`claim_size` micro-batches at once (fewer round trips under the store's dispatch lock); it
+waits for that much room, so new work then waits behind up to the queue's depth.
 
 Guarantees kept: one forward at a time (one forward thread; online forwards share the device
 through the same `ForwardGate`); a micro-batch is completed at most once (`Store.complete` is
@@ -39,12 +41,37 @@ _DONE = None  # the sentinel that ends a stage
 _LAST = (float("inf"), 0)  # the rank that puts the sentinel behind every micro-batch
 
 
+class Room:
+    """Places in the forward queue: taken (several at once, or none) before a claim, given back
+    one by one as the forward takes what was claimed. Taking them all at once, not one by one,
+    keeps two dispatch threads from each holding part of what both wait for."""
+
+    def __init__(self, places: int) -> None:
+        self._free = places
+        self._cond = threading.Condition()
+
+    def take(self, n: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= n)
+            self._free -= n
+
+    def give(self, n: int = 1) -> None:
+        if n:
+            with self._cond:
+                self._free += n
+                self._cond.notify_all()
+
+
 class Pipeline:
-    def __init__(self, rt: Runtime, send: runner.Send, depth: int = 2) -> None:
+    def __init__(self, rt: Runtime, send: runner.Send, depth: int = 2,
+                 claim_size: int = 1) -> None:
+        if not 1 <= claim_size <= depth:
+            raise ValueError(f"claim_size: must be from 1 to the depth ({depth}), "
+                             f"got {claim_size}")
         self.rt = rt
         self.send = send
-        # Room in the forward queue: taken before a claim, given back as the forward takes it.
-        self._room = threading.Semaphore(depth)
+        self.claim_size = claim_size
+        self._room = Room(depth)
         self._order = itertools.count()
         self.forwards: queue.PriorityQueue[tuple[tuple[float, int], int,
                                                  runner.Work | None]] = \
@@ -62,26 +89,28 @@ class Pipeline:
         return self
 
     def take(self, token: str) -> str:
-        """Use a dispatch message: once the forward queue has room, claim the micro-batch that
-        goes next and queue it; returns what the message did. Store errors propagate to the
-        task, which sends the message again."""
+        """Use a dispatch message: once the forward queue has room for `claim_size`
+        micro-batches, claim those that go next and queue them; returns what the message did.
+        Store errors propagate to the task, which sends the message again."""
         if self._stopped:
             raise RuntimeError("the worker's pipeline is stopping")
-        self._room.acquire()
+        k = self.claim_size
+        self._room.take(k)
         try:
-            work = runner.claim(self.rt, token, self.send)
+            got = runner.claim(self.rt, token, self.send, k)
         except BaseException:
-            self._room.release()
+            self._room.give(k)
             raise
-        if isinstance(work, str):
-            self._room.release()
-            return work
-        if work.dead:
-            self._room.release()
-            self.writes.put(work)
-        else:
-            self.forwards.put((work.rank, next(self._order), work))
-        return work.outcome
+        if isinstance(got, str):
+            self._room.give(k)
+            return got
+        self._room.give(k - sum(not work.dead for work in got))
+        for work in got:
+            if work.dead:
+                self.writes.put(work)
+            else:
+                self.forwards.put((work.rank, next(self._order), work))
+        return ", ".join(work.outcome for work in got)
 
     def stop(self, timeout: float) -> None:
         """Finish what was taken (a warm shutdown keeps its promise), then end both threads."""
@@ -109,7 +138,7 @@ class Pipeline:
     def _next_forward(self) -> runner.Work | None:
         _, _, work = self.forwards.get()
         if work is not _DONE:
-            self._room.release()
+            self._room.give()
         return work
 
     def _write_loop(self) -> None:

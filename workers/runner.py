@@ -71,9 +71,10 @@ class Extras:
 def run(rt: Runtime, token: str, send: Send) -> str:
     """Use one dispatch message: the next micro-batch through every stage in this thread
     (`workers.pipeline` runs the same stages on three threads)."""
-    work = claim(rt, token, send)
-    if isinstance(work, str):
-        return work
+    got = claim(rt, token, send)
+    if isinstance(got, str):
+        return got
+    (work,) = got
     try:
         if not forward(rt, work):
             return ClaimOutcome.BUSY.value
@@ -83,31 +84,39 @@ def run(rt: Runtime, token: str, send: Send) -> str:
     return work.outcome
 
 
-def claim(rt: Runtime, token: str, send: Send) -> Work | str:
-    """Use dispatch message `token`: take the lease of the micro-batch that goes next (kept by
-    `rt.leases` until the caller drops it), send the messages that refill the window, and
-    decode its token ids; the outcome's name when there is nothing to run."""
+def claim(rt: Runtime, token: str, send: Send, count: int = 1) -> list[Work] | str:
+    """Use dispatch message `token`: take the leases of the (up to) `count` micro-batches that
+    go next (kept by `rt.leases` until the caller drops each), send the messages that refill
+    the window, and decode their token ids; the outcome's name when there is nothing to run."""
     cfg = rt.settings
     got = rt.store.claim_next(token, rt.name, cfg.lease_seconds, cfg.max_deliveries,
-                              DispatchOrder(cfg.dispatch_order), cfg.window)
-    metrics.MICRO_BATCHES.labels(got.outcome.value).inc()
+                              DispatchOrder(cfg.dispatch_order), cfg.window, count)
+    metrics.DISPATCH_LOCK.observe(got.locked_seconds)
     if got.tokens:
         try:
             send(got.tokens, 0.0)
         except Exception as exc:  # kombu raises a variety of connection errors
             log.warning("could not send %d dispatch message(s) (%r); jobs.reconcile refills "
                         "the window", len(got.tokens), exc)
-    if got.micro_batch is None:
+    if not got.claims:
+        metrics.MICRO_BATCHES.labels(got.outcome.value).inc()
         return got.outcome.value
-    mb = got.micro_batch
-    rt.leases.hold(mb)
-    mb.items = routing.confirm(mb.items, rt.store.canaries_by_id)  # arms of running canaries
-    rows = item_rows(mb.items)
-    if mb.tokens is not None:
-        lengths, ids = tokens.unpack_lengths_and_ids(mb.tokens)
-    else:  # stored before token ids were kept: tokenize as then
-        lengths, ids = rt.tokenize([t for item in mb.items for t in item.texts])
-    return Work(mb, got.outcome == ClaimOutcome.DEAD, rows, lengths, ids, got.rank)
+    works = []
+    for each in got.claims:  # decoded before any lease is kept renewed: should one fail, the
+        # leases of all run out and jobs.reconcile puts them back in the queue
+        metrics.MICRO_BATCHES.labels(each.outcome.value).inc()
+        mb = each.micro_batch
+        assert mb is not None
+        mb.items = routing.confirm(mb.items, rt.store.canaries_by_id)  # arms of running canaries
+        rows = item_rows(mb.items)
+        if mb.tokens is not None:
+            lengths, ids = tokens.unpack_lengths_and_ids(mb.tokens)
+        else:  # stored before token ids were kept: tokenize as then
+            lengths, ids = rt.tokenize([t for item in mb.items for t in item.texts])
+        works.append(Work(mb, each.outcome == ClaimOutcome.DEAD, rows, lengths, ids, each.rank))
+    for work in works:
+        rt.leases.hold(work.mb)
+    return works
 
 
 def item_rows(items: Sequence[Item]) -> list[list[int]]:

@@ -100,7 +100,8 @@ def _on_ready(sender, **_: object) -> None:  # type: ignore[no-untyped-def]
     metrics.serve(rt.settings.metrics_port)
     if gpu:
         _ = rt.model  # load before the first message, not during it
-        _pipeline = Pipeline(rt, send_dispatch, rt.settings.pipeline_depth).start()
+        _pipeline = Pipeline(rt, send_dispatch, rt.settings.pipeline_depth,
+                             rt.settings.claim_size).start()
     if QUEUE_ONLINE in queues:
         _stops.append(OnlineServer(rt).start())
     _heartbeat = rt.start_heartbeat(queues)

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from ops.store.base import Completion, Store
 from ops.store.core import StoreUnavailable
-from ops.store.dispatch import Claim, ClaimOutcome, TenantQueue, Window
+from ops.store.dispatch import Claim, ClaimOutcome, Claims, TenantQueue, Window
 
 
 def open_store(url: str, *, pool_size: int = 8, retry_seconds: float = 30.0) -> Store:
@@ -27,5 +27,5 @@ def open_store(url: str, *, pool_size: int = 8, retry_seconds: float = 30.0) -> 
     raise ValueError(f"unsupported store URL {url!r}: expected sqlite:/// or postgresql://")
 
 
-__all__ = ["Claim", "ClaimOutcome", "Completion", "Store", "StoreUnavailable", "TenantQueue",
-           "Window", "open_store"]
+__all__ = ["Claim", "ClaimOutcome", "Claims", "Completion", "Store", "StoreUnavailable",
+           "TenantQueue", "Window", "open_store"]

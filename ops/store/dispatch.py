@@ -10,10 +10,12 @@ cancel, expiry and a new tenant's work act on the very next claim, and no stale 
 hold a place in the window: one that finds its row gone (used, or dropped as lost) does nothing.
 
 Every claim takes the lock of a `dispatch` row first, so claims from any number of workers are
-serialised and the tenants' virtual times never lose an update. The clock a tenant with new
-work starts from is the virtual time of the last forward begun (`begin_forward` moves it), not
-of the last claim: a worker claims ahead of its forwards, and new work is placed among what is
-still waiting, as if nothing had been claimed ahead.
+serialised and the tenants' virtual times never lose an update. A message may claim several
+micro-batches at once (`count`): the order of all of them is decided in memory from one read
+of the ready jobs, so a turn holds the lock for a few round trips and one more per micro-batch.
+The clock a tenant with new work starts from is the virtual time of the last forward begun
+(`begin_forward` moves it), not of the last claim: a worker claims ahead of its forwards, and
+new work is placed among what is still waiting, as if nothing had been claimed ahead.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from schemas.microbatch import MicroBatch, MicroBatchState
 
 QUEUED = MicroBatchState.QUEUED.value
 RUNNING = MicroBatchState.RUNNING.value
-# Attempts to claim a chosen micro-batch that a by-name claim took in between.
-CLAIM_ATTEMPTS = 3
+IN_PROGRESS = JobStatus.IN_PROGRESS.value
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -53,8 +54,19 @@ class Claim:
     # Where it stands in dispatch order (the tenant's virtual time, then the dispatch count):
     # a worker runs what it holds in this order.
     rank: tuple[float, int] = (0.0, 0)
-    # Dispatch messages to send: the window refilled behind this claim.
+
+
+@dataclasses.dataclass(frozen=True)
+class Claims:
+    """What one dispatch message did: the micro-batches it claimed (each RUN or DEAD, in
+    dispatch order), and the messages to send that refill the window behind it."""
+
+    outcome: ClaimOutcome  # RUN if it claimed any; else IDLE, STALE or DONE
+    claims: tuple[Claim, ...] = ()
     tokens: tuple[str, ...] = ()
+    # Seconds the dispatch lock was held, from taking it to the commit (claims are serial, so
+    # this bounds how many a store serves: `bem_dispatch_lock_seconds`).
+    locked_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,21 +91,29 @@ class DispatchRecords(Transactional):
     def claim(self, job_id: str, seq: int, worker: str, lease_seconds: float,
               max_deliveries: int) -> Claim:
         """Take the lease on one named micro-batch; see `ClaimOutcome`."""
-        return self._with_items(self._claim_named(job_id, seq, worker, lease_seconds,
-                                                  max_deliveries))
+        return self._with_items((self._claim_named(job_id, seq, worker, lease_seconds,
+                                                   max_deliveries),))[0]
 
     def claim_next(self, token: str, worker: str, lease_seconds: float, max_deliveries: int,
-                   order: DispatchOrder, window: Window) -> Claim:
-        """Use dispatch message `token`: claim the micro-batch that goes next (RUN or DEAD), or
-        find none ready (IDLE), or none to use (STALE); the window is refilled in the same
-        transaction.
+                   order: DispatchOrder, window: Window, count: int = 1) -> Claims:
+        """Use dispatch message `token`: claim the (up to) `count` micro-batches that go next
+        (each RUN or DEAD), or find none ready (IDLE), or none to use (STALE); the window is
+        refilled in the same transaction.
 
         The claim itself holds the dispatch lock, which serialises every worker's claims, so
-        it reads no more than it decides by: the micro-batch's items and token ids (tens of
-        kilobytes, decoded into objects) are read after it commits, with the lease already
-        this worker's. That read is its own retried step, so a retry never repeats the claim."""
-        return self._with_items(self._claim_next(token, worker, lease_seconds, max_deliveries,
-                                                 order, window))
+        it reads no more than it decides by: the micro-batches' items and token ids (tens of
+        kilobytes each, decoded into objects) are read after it commits, with the leases
+        already this worker's. That read is its own retried step, so a retry never repeats
+        the claim."""
+        if count < 1:
+            raise ValueError(f"count: must be at least 1, got {count}")
+        got = self._claim_next(token, worker, lease_seconds, max_deliveries, order, window,
+                               count)
+        if not got.claims:
+            return got
+        filled = tuple(c for c in self._with_items(got.claims) if c.micro_batch is not None)
+        return dataclasses.replace(got, claims=filled,
+                                   outcome=ClaimOutcome.RUN if filled else ClaimOutcome.DONE)
 
     @retried
     def _claim_named(self, job_id: str, seq: int, worker: str, lease_seconds: float,
@@ -103,73 +123,44 @@ class DispatchRecords(Transactional):
                               time.time())[0]
 
     @retried
-    def _with_items(self, got: Claim) -> Claim:
-        """The claim with its micro-batch's items and token ids, read from the store."""
-        mb = got.micro_batch
-        if mb is None:
-            return got
+    def _with_items(self, claims: tuple[Claim, ...]) -> tuple[Claim, ...]:
+        """The claims with their micro-batches' items and token ids, read from the store; one
+        finished meanwhile (by a holder that lost its lease) comes back DONE, with none."""
+        out = []
         with self.tx() as cur:
-            row = cur.execute("SELECT items, tokens FROM micro_batches WHERE job_id = ? AND "
-                              "seq = ?", (mb.job_id, mb.seq)).fetchone()
-        if row is None or row[0] == "[]":  # finished meanwhile by a holder that lost its lease
-            return Claim(ClaimOutcome.DONE)
-        filled = mb.model_copy(update={"items": ITEMS.validate_json(row[0]),
-                                       "tokens": None if row[1] is None else bytes(row[1])})
-        return dataclasses.replace(got, micro_batch=filled)
+            for got in claims:
+                mb = got.micro_batch
+                if mb is None:
+                    out.append(got)
+                    continue
+                row = cur.execute("SELECT items, tokens FROM micro_batches WHERE job_id = ? "
+                                  "AND seq = ?", (mb.job_id, mb.seq)).fetchone()
+                if row is None or row[0] == "[]":
+                    out.append(Claim(ClaimOutcome.DONE))
+                    continue
+                filled = mb.model_copy(update={
+                    "items": ITEMS.validate_json(row[0]),
+                    "tokens": None if row[1] is None else bytes(row[1])})
+                out.append(dataclasses.replace(got, micro_batch=filled))
+        return tuple(out)
 
     @retried
     def _claim_next(self, token: str, worker: str, lease_seconds: float, max_deliveries: int,
-                    order: DispatchOrder, window: Window) -> Claim:
+                    order: DispatchOrder, window: Window, count: int) -> Claims:
         now = time.time()
         with self.tx() as cur:
+            locked = time.perf_counter()
             turn = _lock(cur, window, now)
             cur.execute("DELETE FROM dispatch_tokens WHERE id = ?", (token,))
             if cur.rowcount != 1:
-                return Claim(ClaimOutcome.STALE)
-            turn.held -= 1
-            for _ in range(CLAIM_ATTEMPTS):
-                got = self._claim_chosen(cur, worker, lease_seconds, max_deliveries, order,
-                                         turn.clock, turn.count, now)
-                if got.outcome != ClaimOutcome.BUSY:
-                    break
-            if got.micro_batch is None:
-                return Claim(ClaimOutcome.IDLE)
-            return dataclasses.replace(got, tokens=_refill(cur, turn, now))
-
-    def _claim_chosen(self, cur: Cursor, worker: str, lease_seconds: float, max_deliveries: int,
-                      order: DispatchOrder, clock: float, count: int, now: float) -> Claim:
-        # Each in-progress job with a micro-batch ready: when it was queued (its first
-        # micro-batch's stamp, finer than the job's whole seconds), its first ready
-        # micro-batch, and the standing of the job and its tenant.
-        rows = cur.execute(
-            "SELECT * FROM (SELECT j.id, j.tenant, j.priority, COALESCE((SELECT enqueued_at "
-            "FROM micro_batches WHERE job_id = j.id AND seq = 0), j.created_at), "
-            "j.dispatched_at, "
-            "COALESCE(s.pass, 0), COALESCE(t.weight, 1), (SELECT MIN(mb.seq) FROM micro_batches "
-            "mb WHERE mb.job_id = j.id AND mb.state = ? AND (mb.not_before IS NULL OR "
-            "mb.not_before <= ?)) AS first FROM jobs j "
-            "LEFT JOIN dispatch_shares s ON s.tenant = j.tenant "
-            "LEFT JOIN tenants t ON t.tenant = j.tenant "
-            "WHERE j.status = ? AND j.expired_at IS NULL) ready WHERE first IS NOT NULL",
-            (QUEUED, now, JobStatus.IN_PROGRESS.value),
-        ).fetchall()
-        candidates = [Candidate(r[0], r[1], r[2], r[3], r[4]) for r in rows]
-        chosen = choose(candidates, order, clock, {r[1]: r[5] for r in rows})
-        if chosen is None:
-            return Claim(ClaimOutcome.IDLE)
-        row = next(r for r in rows if r[0] == chosen.job_id)
-        got, texts = _claim_row(cur, chosen.job_id, row[7], worker, lease_seconds,
-                                max_deliveries, now)
-        if got.micro_batch is None:
-            return got
-        weight = row[6]
-        cur.execute(
-            "INSERT INTO dispatch_shares (tenant, pass) VALUES (?, ?) "
-            "ON CONFLICT (tenant) DO UPDATE SET pass = excluded.pass",
-            (chosen.tenant, charge(chosen.start, texts, weight)),
-        )
-        cur.execute("UPDATE jobs SET dispatched_at = ? WHERE id = ?", (now, chosen.job_id))
-        return dataclasses.replace(got, rank=(chosen.start, count))
+                got = Claims(ClaimOutcome.STALE)
+            else:
+                turn.held -= 1
+                claims = _claim_chosen(cur, worker, lease_seconds, max_deliveries, order,
+                                       turn, now, count)
+                got = Claims(ClaimOutcome.RUN, claims, _refill(cur, turn, now)) if claims \
+                    else Claims(ClaimOutcome.IDLE)
+        return dataclasses.replace(got, locked_seconds=time.perf_counter() - locked)
 
     @retried
     def release(self, job_id: str, seq: int, worker: str, error: str,
@@ -314,12 +305,105 @@ def _refill(cur: Cursor, turn: _Turn, now: float) -> tuple[str, ...]:
     return tokens
 
 
+def _claim_chosen(cur: Cursor, worker: str, lease_seconds: float, max_deliveries: int,
+                  order: DispatchOrder, turn: _Turn, now: float, count: int) -> tuple[Claim, ...]:
+    """Claim up to `count` micro-batches in dispatch order, deciding each in memory from one
+    read of the ready jobs: after each claim its tenant's virtual time and its job's last
+    dispatch move on (stamps a microsecond apart, so a tenant's jobs still take turns) as the
+    next claim's would have seen them in the store. The moved standings are written once."""
+    # Each in-progress job with a micro-batch ready: when it was queued (its first
+    # micro-batch's stamp, finer than the job's whole seconds), the standing of the job and its
+    # tenant, and its first ready micro-batch.
+    rows = cur.execute(
+        "SELECT * FROM (SELECT j.id, j.tenant, j.priority, COALESCE((SELECT enqueued_at "
+        "FROM micro_batches WHERE job_id = j.id AND seq = 0), j.created_at), "
+        "j.dispatched_at, "
+        "COALESCE(s.pass, 0), COALESCE(t.weight, 1), (SELECT MIN(mb.seq) FROM micro_batches "
+        "mb WHERE mb.job_id = j.id AND mb.state = ? AND (mb.not_before IS NULL OR "
+        "mb.not_before <= ?)) AS first FROM jobs j "
+        "LEFT JOIN dispatch_shares s ON s.tenant = j.tenant "
+        "LEFT JOIN tenants t ON t.tenant = j.tenant "
+        "WHERE j.status = ? AND j.expired_at IS NULL) ready WHERE first IS NOT NULL",
+        (QUEUED, now, IN_PROGRESS),
+    ).fetchall()
+    ready = {r[0]: Candidate(r[0], r[1], r[2], r[3], r[4]) for r in rows}
+    passes = {r[1]: float(r[5]) for r in rows}
+    weights = {r[1]: float(r[6]) for r in rows}
+    # Where each job's next ready micro-batch is looked for: from its first, then past the one
+    # this turn claimed last (a scan from the start would pass every micro-batch claimed
+    # before, whose entries stay in the queued index until vacuum).
+    after = {r[0]: int(r[7]) for r in rows}
+    claims: list[Claim] = []
+    charged: set[str] = set()
+    served: dict[str, float] = {}
+    while len(claims) < count and ready:
+        chosen = choose(list(ready.values()), order, turn.clock, passes)
+        assert chosen is not None
+        got = _claim_ready(cur, chosen.job_id, after[chosen.job_id], worker, lease_seconds,
+                           max_deliveries, now)
+        if got is None:  # no micro-batch of it ready any more
+            del ready[chosen.job_id]
+            continue
+        claim, texts = got
+        after[chosen.job_id] = claim.micro_batch.seq + 1  # type: ignore[union-attr]
+        passes[chosen.tenant] = charge(chosen.start, texts, weights[chosen.tenant])
+        charged.add(chosen.tenant)
+        served[chosen.job_id] = now + len(claims) * 1e-6
+        ready[chosen.job_id] = dataclasses.replace(ready[chosen.job_id],
+                                                   dispatched_at=served[chosen.job_id])
+        claims.append(dataclasses.replace(claim, rank=(chosen.start, turn.count)))
+    if claims:
+        cur.executemany(
+            "INSERT INTO dispatch_shares (tenant, pass) VALUES (?, ?) "
+            "ON CONFLICT (tenant) DO UPDATE SET pass = excluded.pass",
+            [(tenant, passes[tenant]) for tenant in sorted(charged)],
+        )
+        cur.executemany("UPDATE jobs SET dispatched_at = ? WHERE id = ?",
+                        [(stamp, job_id) for job_id, stamp in sorted(served.items())])
+    return tuple(claims)
+
+
+def _claim_ready(cur: Cursor, job_id: str, start: int, worker: str, lease_seconds: float,
+                 max_deliveries: int, now: float) -> tuple[Claim, int] | None:
+    """Take the lease on a job's first ready micro-batch from `start` on, in one guarded
+    statement; (the claim, its texts), or None when it has none ready or the job stopped
+    meanwhile (a cancel, an expiry, or a by-name claim that committed after this turn read the
+    ready jobs: the job is passed over for this turn and chosen again on the next)."""
+    row = cur.execute(
+        "UPDATE micro_batches SET state = ?, lease_until = ?, worker = ?, claimed_at = ?, "
+        "claims = claims + 1, not_before = NULL "
+        "WHERE job_id = ? AND state = ? AND seq = (SELECT MIN(seq) FROM micro_batches WHERE "
+        "job_id = ? AND state = ? AND seq >= ? AND (not_before IS NULL OR not_before <= ?)) "
+        "AND EXISTS (SELECT 1 FROM jobs WHERE id = ? AND status = ? AND expired_at IS NULL) "
+        "RETURNING seq, deliveries, finished_forwards, rows",
+        (RUNNING, now + lease_seconds, worker, now, job_id, QUEUED, job_id, QUEUED, start, now,
+         job_id, IN_PROGRESS),
+    ).fetchone()
+    if row is None:
+        return None
+    seq, deliveries, finished, texts = row
+    return _leased(job_id, seq, deliveries, finished, now + lease_seconds,
+                   max_deliveries), int(texts)
+
+
+def _leased(job_id: str, seq: int, deliveries: int, finished: int, lease_until: float,
+            max_deliveries: int) -> Claim:
+    """A micro-batch this worker now holds, its items still to be read. It is DEAD once
+    `max_deliveries` forwards were begun on it and never finished (its workers died in them):
+    claiming alone counts nothing, since a worker claims ahead."""
+    mb = MicroBatch(
+        job_id=job_id, seq=seq, state=MicroBatchState.RUNNING, items=[],
+        deliveries=deliveries, failed_deliveries=deliveries - finished,
+        lease_until=lease_until,
+    )
+    dead = deliveries - finished >= max_deliveries
+    return Claim(ClaimOutcome.DEAD if dead else ClaimOutcome.RUN, mb)
+
+
 def _claim_row(cur: Cursor, job_id: str, seq: int, worker: str, lease_seconds: float,
                max_deliveries: int, now: float) -> tuple[Claim, int]:
-    """Take the lease on one micro-batch; (the claim, whose micro-batch's items are still to be
-    read, and its texts). It is DEAD once `max_deliveries` forwards were begun on it and never
-    finished (its workers died in them): claiming alone counts nothing, since a worker claims
-    ahead."""
+    """Take the lease on one named micro-batch; (the claim, whose micro-batch's items are still
+    to be read, and its texts)."""
     row = cur.execute(
         "SELECT mb.state, mb.lease_until, mb.claims, mb.deliveries, "
         "mb.finished_forwards, mb.rows, j.status, j.expired_at "
@@ -351,11 +435,6 @@ def _claim_row(cur: Cursor, job_id: str, seq: int, worker: str, lease_seconds: f
     )
     if cur.rowcount != 1:
         return Claim(ClaimOutcome.BUSY), 0
-    mb = MicroBatch(
-        job_id=job_id, seq=seq, state=MicroBatchState.RUNNING, items=[],
-        deliveries=deliveries, failed_deliveries=deliveries - finished,
-        lease_until=now + lease_seconds,
-    )
-    dead = deliveries - finished >= max_deliveries
-    return Claim(ClaimOutcome.DEAD if dead else ClaimOutcome.RUN, mb), int(texts)
+    return _leased(job_id, seq, deliveries, finished, now + lease_seconds,
+                   max_deliveries), int(texts)
 

@@ -55,15 +55,19 @@ def test_a_small_job_finishes_ahead_of_a_big_one_queued_earlier(tmp_path: Path,
     assert_exactly_once(beta, small, 20)
 
 
+@pytest.mark.parametrize("claim_size", [1, 4])
 def test_weights_split_the_workers_between_backlogged_tenants(tmp_path: Path,
                                                               redis_prefix: str,
-                                                              postgres_url: str) -> None:
+                                                              postgres_url: str,
+                                                              claim_size: int) -> None:
     """Redis + PostgreSQL, two GPU workers, weights 1 and 3, both tenants with a backlog: over
-    the middle half of the run the light tenant gets 25 % of the texts served (± 5 points)."""
+    the middle half of the run the light tenant gets 25 % of the texts served (± 5 points),
+    whether a dispatch message claims one micro-batch or four; every item once."""
     env = embedded_env(tmp_path / "var") | {
         "BEMQ_BROKER_URL": REDIS_URL, "BEMQ_REDIS_PREFIX": redis_prefix,
         "BEMQ_DATABASE_URL": postgres_url, "BEMQ_MIGRATE_ON_START": "1",
-        "BEMQ_MAX_BATCH_SIZE": "16", "BEMQ_MODEL_CLASS": "bench.null_model:NullModel"}
+        "BEMQ_MAX_BATCH_SIZE": "16", "BEMQ_MODEL_CLASS": "bench.null_model:NullModel",
+        "BEMQ_CLAIM_SIZE": str(claim_size), "BEMQ_PIPELINE_DEPTH": str(max(2, claim_size))}
     cfg = settings_for(env)
     with Client(cfg, tenant="light") as light, Client(cfg, tenant="heavy") as heavy:
         light.store.migrate()
@@ -73,7 +77,9 @@ def test_weights_split_the_workers_between_backlogged_tenants(tmp_path: Path,
             jobs = [client.submit_job(sentences(client.model, 1600, seed=seed))
                     for client, seed in ((light, 41), (heavy, 42))]
             for client, job in zip((light, heavy), jobs, strict=True):
-                assert client.wait(job.id, timeout=240).status == JobStatus.COMPLETED
+                done_job = client.wait(job.id, timeout=240)
+                assert done_job.status == JobStatus.COMPLETED
+                assert_exactly_once(client, done_job, 1600)
         with light.store.tx() as cur:
             done = cur.execute(
                 "SELECT j.tenant, mb.rows FROM micro_batches mb JOIN jobs j ON j.id = mb.job_id "

@@ -137,7 +137,7 @@ def test_v3_store_upgrades_with_every_row_kept_and_usable(store_url: str) -> Non
         window = Window(per_worker=2, live_within=15)
         token, = store.top_up(window)
         nxt = store.claim_next(token, "w", 60, 3, DispatchOrder.SHARE, window)
-        assert nxt.outcome == ClaimOutcome.RUN and nxt.micro_batch.seq == 1  # type: ignore[union-attr]
+        assert nxt.outcome == ClaimOutcome.RUN and nxt.claims[0].micro_batch.seq == 1  # type: ignore[union-attr]
         found = store.get_file("file-out", tenant="acme")
         assert found is not None and found[1] == "files/file-out"
         assert store.get_adapter("support-v1").rank == 8

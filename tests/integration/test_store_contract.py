@@ -120,7 +120,7 @@ def test_release_requeues_after_its_backoff(store: Store) -> None:
     time.sleep(0.35)
     assert len(store.top_up(WINDOW)) == 1
     got = store.claim_next(store.add_token(time.time()), "w", 60, 3, SHARE, WINDOW)
-    assert got.outcome == ClaimOutcome.RUN and got.micro_batch.seq == 0  # type: ignore[union-attr]
+    assert got.outcome == ClaimOutcome.RUN and got.claims[0].micro_batch.seq == 0  # type: ignore[union-attr]
 
 
 def test_cancel_skips_queued_and_running_finish(store: Store) -> None:

@@ -37,6 +37,14 @@ def test_time_limits_must_be_ordered() -> None:
         Settings(task_soft_time_limit=900, task_time_limit=600)
 
 
+def test_a_claim_fits_the_pipeline() -> None:
+    """A dispatch message may not claim more micro-batches than the forward queue holds."""
+    with pytest.raises(ValueError, match=r"BEMQ_CLAIM_SIZE \(4\) must not exceed "
+                                         r"BEMQ_PIPELINE_DEPTH \(2\)"):
+        Settings(claim_size=4, pipeline_depth=2)
+    assert Settings(claim_size=4, pipeline_depth=8).claim_size == 4
+
+
 def test_no_setting_leaves_a_canary_without_a_comparing_gate() -> None:
     """Probes and shadows off together would judge a canary by errors alone."""
     with pytest.raises(ValueError, match="BEMQ_CANARY_PROBE_ROWS=0 with "
