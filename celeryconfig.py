@@ -109,9 +109,15 @@ def _transport_options(s: Settings) -> dict[str, Any]:
             "store_processed": False,
             "polling_interval": 0.1,
         }
+    # A primary that vanishes without a reset (a cut link, a frozen host) must not hold the
+    # worker: without a read timeout a publish on the dead connection waits for ever (the
+    # dispatch task sends the window's refill), and kombu checks the consumer's BRPOP, overdue
+    # by more than its timeout (1 s) + `health_check_interval`, only as often as that interval.
     options: dict[str, Any] = {"visibility_timeout": s.visibility_timeout,
                                "global_keyprefix": s.redis_prefix,
-                               "socket_connect_timeout": SOCKET_TIMEOUT}
+                               "socket_connect_timeout": SOCKET_TIMEOUT,
+                               "socket_timeout": SOCKET_TIMEOUT,
+                               "health_check_interval": int(SOCKET_TIMEOUT)}
     if redis_clients.target(s.broker_url, s.sentinel_master) is not None:
         # kombu asks every sentinel of the URL in turn, for the primary under this name.
         options["master_name"] = s.sentinel_master

@@ -90,10 +90,12 @@ def micro_batches_by_pid(client: Client, job_id: str) -> Counter[int]:
 
 def test_a_job_is_shared_by_workers_on_three_hosts(network: hosts.Network, database: str,
                                                    tmp_path: Path) -> None:
-    """A 3,000-item job over GPU workers on three hosts: each completes some micro-batches, and
-    every item is in the output once."""
+    """A 3,000-item job over GPU workers on three hosts, each dispatch message claiming four
+    micro-batches (the other tests here claim one): each host completes some, and every item
+    is in the output once."""
     broker = PrivateRedis(tmp_path / "redis", network.host("redis"))
-    env = cluster_env(tmp_path, broker.url, database)
+    env = cluster_env(tmp_path, broker.url, database, BEMQ_CLAIM_SIZE="4",
+                      BEMQ_PIPELINE_DEPTH="8")
     workers: list[LocalWorker] = []
     try:
         with Client(settings_for(env)) as client:
@@ -165,7 +167,8 @@ class Sentinels:
     """A primary and a replica on their own hosts, and three Sentinels on three more."""
 
     def __init__(self, network: hosts.Network, workdir: Path) -> None:
-        self.primary = PrivateRedis(workdir / "r1", network.host("redis-1"))
+        self.primary_host = network.host("redis-1")
+        self.primary = PrivateRedis(workdir / "r1", self.primary_host)
         self.replica = PrivateRedis(workdir / "r2", network.host("redis-2"), (
             "--replicaof", self.primary.address, str(self.primary.port)))
         self.sentinels = [sentinel(workdir / f"s{n}", network.host(f"sentinel-{n}"),
@@ -191,16 +194,26 @@ class Sentinels:
                 return host.decode() if isinstance(host, bytes) else host, int(port)
         raise AssertionError("no sentinel left")
 
+    @staticmethod
+    def role(server: PrivateRedis) -> str:
+        """What a Redis server says it is: "master" or "slave"."""
+        return str(redis.Redis(server.address, server.port, socket_timeout=2).info(
+            "replication")["role"])
+
     def kill(self) -> None:
         for server in (*self.sentinels, self.replica, self.primary):
             server.kill()
 
 
-def test_broker_primary_killed_under_sentinel(network: hosts.Network, database: str,
-                                              tmp_path: Path) -> None:
-    """With every sentinel in the URL and the first of them down, the primary is killed mid-job:
-    after the failover the job completes exactly once with no bemq process restarted, and
-    `/v1/embeddings` answers 200, or 503 with Retry-After, throughout: nothing hangs."""
+@pytest.mark.parametrize("loss", ["killed", "cut off"])
+def test_broker_primary_lost_under_sentinel(network: hosts.Network, database: str,
+                                            tmp_path: Path, loss: str) -> None:
+    """With every sentinel in the URL and the first of them down, the primary is lost mid-job:
+    killed, or its host cut off (no reset: every connection to it just goes quiet). After the
+    failover the job completes exactly once with no bemq process restarted, and
+    `/v1/embeddings` answers 200, or 503 with Retry-After, throughout: nothing hangs. A primary
+    cut off comes back still believing it leads, and the sentinels demote it to a read-only
+    replica (celery#7946's stuck workers): a second job then completes exactly once too."""
     ha = Sentinels(network, tmp_path)
     env = cluster_env(tmp_path, ha.url, database, BEMQ_SENTINEL_MASTER=MASTER,
                       BEMQ_ONLINE_TIMEOUT_SECONDS="5")
@@ -246,10 +259,19 @@ def test_broker_primary_killed_under_sentinel(network: hosts.Network, database: 
             wait_for(lambda: client.status(job.id).request_counts.completed > 0, 120,
                      "first completions")
             old = ha.master()
-            ha.primary.kill()
+            if loss == "killed":
+                ha.primary.kill()
+            else:
+                ha.primary_host.cut()
             killed_at = time.time()
             wait_for(lambda: ha.master() != old, 60, "the sentinels to promote the replica")
             done = client.wait(job.id, timeout=300)
+            if loss == "cut off":
+                ha.primary_host.restore()
+                wait_for(lambda: ha.role(ha.primary) == "slave", 60,
+                         "the returning primary to be demoted")
+                again = client.submit_job(sentences(client.model, 300, seed=24))
+                assert_exactly_once(client, client.wait(again.id, timeout=240), 300)
             # Beat leads on through the failover: scheduled tasks go out from the new primary.
             wait_for(lambda: beat_sends(tmp_path / "ops.log", killed_at + 10) > 0, 60,
                      "beat to send a scheduled task after the failover")
