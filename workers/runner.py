@@ -101,9 +101,10 @@ def claim(rt: Runtime, token: str, send: Send, count: int = 1) -> list[Work] | s
     if not got.claims:
         metrics.MICRO_BATCHES.labels(got.outcome.value).inc()
         return got.outcome.value
+    # Every one decoded before any lease is kept renewed: should one fail, the leases of all
+    # run out and jobs.reconcile puts them back in the queue.
     works = []
-    for each in got.claims:  # decoded before any lease is kept renewed: should one fail, the
-        # leases of all run out and jobs.reconcile puts them back in the queue
+    for each in got.claims:
         metrics.MICRO_BATCHES.labels(each.outcome.value).inc()
         mb = each.micro_batch
         assert mb is not None

@@ -120,7 +120,7 @@ class DispatchRecords(Transactional):
                      max_deliveries: int) -> Claim:
         with self.tx() as cur:
             return _claim_row(cur, job_id, seq, worker, lease_seconds, max_deliveries,
-                              time.time())[0]
+                              time.time())
 
     @retried
     def _with_items(self, claims: tuple[Claim, ...]) -> tuple[Claim, ...]:
@@ -401,23 +401,22 @@ def _leased(job_id: str, seq: int, deliveries: int, finished: int, lease_until: 
 
 
 def _claim_row(cur: Cursor, job_id: str, seq: int, worker: str, lease_seconds: float,
-               max_deliveries: int, now: float) -> tuple[Claim, int]:
-    """Take the lease on one named micro-batch; (the claim, whose micro-batch's items are still
-    to be read, and its texts)."""
+               max_deliveries: int, now: float) -> Claim:
+    """Take the lease on one named micro-batch (its items are still to be read)."""
     row = cur.execute(
         "SELECT mb.state, mb.lease_until, mb.claims, mb.deliveries, "
-        "mb.finished_forwards, mb.rows, j.status, j.expired_at "
+        "mb.finished_forwards, j.status, j.expired_at "
         "FROM micro_batches mb JOIN jobs j ON j.id = mb.job_id "
         "WHERE mb.job_id = ? AND mb.seq = ?",
         (job_id, seq),
     ).fetchone()
     if row is None:
-        return Claim(ClaimOutcome.DONE), 0
-    (state, lease_until, claims, deliveries, finished, texts, job_status, expired_at) = row
+        return Claim(ClaimOutcome.DONE)
+    (state, lease_until, claims, deliveries, finished, job_status, expired_at) = row
     if MicroBatchState(state).terminal:
-        return Claim(ClaimOutcome.DONE), 0
+        return Claim(ClaimOutcome.DONE)
     if state == RUNNING and lease_until and lease_until > now:
-        return Claim(ClaimOutcome.BUSY), 0
+        return Claim(ClaimOutcome.BUSY)
     if expired_at is not None or job_status in (
         JobStatus.CANCELLING.value, JobStatus.CANCELLED.value, JobStatus.EXPIRED.value
     ):
@@ -426,7 +425,7 @@ def _claim_row(cur: Cursor, job_id: str, seq: int, worker: str, lease_seconds: f
             "WHERE job_id = ? AND seq = ? AND state = ?",
             (MicroBatchState.SKIPPED.value, job_id, seq, state),
         )
-        return Claim(ClaimOutcome.SKIP), 0
+        return Claim(ClaimOutcome.SKIP)
     cur.execute(
         "UPDATE micro_batches SET state = ?, lease_until = ?, worker = ?, claimed_at = ?, "
         "claims = claims + 1, not_before = NULL "
@@ -434,7 +433,6 @@ def _claim_row(cur: Cursor, job_id: str, seq: int, worker: str, lease_seconds: f
         (RUNNING, now + lease_seconds, worker, now, job_id, seq, state, claims),
     )
     if cur.rowcount != 1:
-        return Claim(ClaimOutcome.BUSY), 0
-    return _leased(job_id, seq, deliveries, finished, now + lease_seconds,
-                   max_deliveries), int(texts)
+        return Claim(ClaimOutcome.BUSY)
+    return _leased(job_id, seq, deliveries, finished, now + lease_seconds, max_deliveries)
 
