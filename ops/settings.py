@@ -163,9 +163,10 @@ class Settings(BaseSettings):
     # this many seconds (0: the store is read on every request).
     api_key_cache_seconds: float = Field(5.0, ge=0)
     http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    # Embeddings calls in flight per gateway process at most; below it the bound adapts to the
-    # calls' latency (`producers.http.in_flight`), refusing with 429 rather than queueing.
-    http_max_in_flight: int = Field(512, ge=1)
+    # Embeddings calls in flight per gateway process at most: the bound starts here and, under
+    # overload, adapts to the calls' latency (`producers.http.in_flight`), refusing with 429
+    # rather than queueing.
+    http_max_in_flight: int = Field(128, ge=1)
 
     # Data lifecycle (`retention.run`): how long each kind of data is kept, in seconds (0 = for
     # ever). Files get an expiry when they are written: an input file `retain_input_files` after

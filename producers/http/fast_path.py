@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from producers.http.errors import APIError
+from producers.http.in_flight import SHED, SHED_CODES
 from producers.http.middleware import read_body, replay
 from producers.http.models import EmbeddingsIn
 
@@ -60,6 +62,8 @@ class EmbeddingsFastPath:
                            None)
             if handler is None:
                 raise
+            if isinstance(exc, APIError) and exc.code in SHED_CODES:
+                scope[SHED] = exc.code  # for the in-flight limit outside
             response = await handler(Request(scope), exc)
             await response(scope, receive, send)
             return
