@@ -9,9 +9,9 @@ is read, for a small part of what serving it costs.
 The limit follows the latency of answered calls, as TCP Vegas and Netflix's concurrency-limits
 (its gradient limit) do: it grows by one per window of answers whose mean stays within
 `TOLERANCE` × the unloaded mean (the fastest window of the last minute), and shrinks in
-proportion when the mean goes past that under overload (below). Under
-overload an answered call then takes about `TOLERANCE` times an unloaded one, whether the time
-goes to the gateway's CPU or to the workers' queue, and the rest are refused.
+proportion when the mean goes past that under overload (below). Under overload an answered call
+then takes about `TOLERANCE` times an unloaded one, whether the time goes to the gateway's CPU
+or to the workers' queue, and the rest are refused.
 
 It starts at its ceiling and shrinks only under overload, which is more calls arriving than are
 answered: they either fill the limit, or are shed further in (the online queue's 429 `deadline`
