@@ -45,6 +45,7 @@ from rich.table import Table
 from bench.report import report
 from ops.fairshare import DispatchOrder
 from ops.store import Window, open_store
+from ops.store.base import ANALYZE_AFTER_MICRO_BATCHES
 from producers.client import Client
 from producers.corpus import sentences
 from schemas.batch import Job, JobStatus
@@ -167,6 +168,8 @@ def seed(store, template: str, copies: int) -> str:  # type: ignore[no-untyped-d
             (job.id, per[0], time.time(), copies, template))
         cur.execute("UPDATE jobs SET status = 'in_progress', total = ?, micro_batches = ? "
                     "WHERE id = ?", (per[1] * copies, per[0] * copies, job.id))
+    if per[0] * copies >= ANALYZE_AFTER_MICRO_BATCHES:  # as `Store.start_job` does
+        store.analyze_micro_batches()
     return job.id
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from ops.fairshare import DispatchOrder
 from ops.store import ClaimOutcome, Claims, Store, Window
+from ops.store.base import ANALYZE_AFTER_MICRO_BATCHES
+from ops.store.postgres import PostgresStore
 from schemas.batch import Job, JobStatus
 from schemas.microbatch import Item, MicroBatch, MicroBatchState
 
@@ -52,7 +54,7 @@ def next_jobs(store: Store, n: int, order: DispatchOrder = SHARE, count: int = 1
 
 
 # The dispatch order is the same whether a message claims one micro-batch or several.
-by_claim_size = pytest.mark.parametrize("count", [1, 4])
+by_claim_size = pytest.mark.parametrize("count", [1, 4, 16])
 
 
 def test_window_holds_one_message_per_ready_micro_batch_up_to_its_size(store: Store) -> None:
@@ -196,3 +198,18 @@ def test_a_worker_runs_what_it_holds_in_dispatch_order(store: Store) -> None:
     small = next_claim(store).claims[0]
     assert small.micro_batch.job_id == "batch_small"  # type: ignore[union-attr]
     assert claims[0].rank < small.rank < claims[1].rank
+
+
+def test_a_large_job_refreshes_the_planners_statistics(store: Store) -> None:
+    """A job of `ANALYZE_AFTER_MICRO_BATCHES` micro-batches is planned for by its real size:
+    storing it gathers the table's statistics (on a fresh table there are none)."""
+    queue_job(store, "batch_large", "alpha", batches=ANALYZE_AFTER_MICRO_BATCHES, rows=1)
+    with store.tx() as cur:
+        if isinstance(store, PostgresStore):
+            row = cur.execute("SELECT reltuples FROM pg_class WHERE relname = 'micro_batches' "
+                              "AND relnamespace = current_schema()::regnamespace").fetchone()
+        else:
+            row = cur.execute("SELECT COUNT(*) FROM sqlite_stat1 WHERE tbl = 'micro_batches'"
+                              ).fetchone()
+    assert row is not None and row[0] >= (ANALYZE_AFTER_MICRO_BATCHES
+                                          if isinstance(store, PostgresStore) else 1)
