@@ -401,10 +401,11 @@ def _claim_planned(cur: Cursor, picks: list[tuple[str, int]], worker: str, lease
                    now: float) -> dict[tuple[str, int], tuple[int, int]]:
     """Take the leases on the planned micro-batches, one guarded statement per job: each still
     queued and ready, its job still in progress; (job, seq) → (deliveries, finished forwards)
-    of those taken. A job's picks are bounded by their lowest and highest seq, a range
-    PostgreSQL always scans its index by: on a freshly filled table (statistics not gathered
-    yet) one statement for several jobs, or a `(job_id, seq) IN (VALUES ...)` list, was
-    planned as a scan of the jobs' whole queues (4-25 ms for eight micro-batches)."""
+    of those taken. A job's picks are also bounded by their lowest and highest seq, a range
+    PostgreSQL scans its index by even on stale statistics: on a freshly filled table one
+    statement for several jobs, or a `(job_id, seq) IN (VALUES ...)` list, was planned as a
+    scan of the jobs' whole queues (4.8 and 25 ms for eight micro-batches of two jobs), these
+    took 0.3 ms each."""
     by_job: dict[str, list[int]] = {}
     for job_id, seq in picks:
         by_job.setdefault(job_id, []).append(seq)
