@@ -144,13 +144,18 @@ async def open_loop(url: str, key: str, texts: list[str], rate: float, seconds: 
         busy[caller] = t0 + i / rate
         caller.send(requests[i % len(requests)])
 
+    def record(status: int, took: float, code: str) -> None:
+        results.append((status, took, code))
+        if len(results) == total and not finished.done():
+            finished.set_result(None)
+
     def done(caller: _Caller, status: int, body: bytes) -> None:
         if finished.done():  # the run is over: what closing its connections reports is not
             return
         due = busy.pop(caller, None)
         if due is not None:
             code = "" if status == 200 else (error_code(status, body) if status else "lost")
-            results.append((status, time.perf_counter() - due, code))
+            record(status, time.perf_counter() - due, code)
         if not status:  # lost: a new connection may take its place
             if caller in idle:
                 idle.remove(caller)
@@ -162,14 +167,13 @@ async def open_loop(url: str, key: str, texts: list[str], rate: float, seconds: 
             start(caller, waiting.popleft())
         else:
             idle.append(caller)
-        if len(results) == total and not finished.done():
-            finished.set_result(None)
 
     async def connect(i: int) -> None:
         try:
             _, caller = await loop.create_connection(lambda: _Caller(done), host, int(port))
         except OSError as exc:
-            results.append((0, time.perf_counter() - (t0 + i / rate), type(exc).__name__))
+            opened[0] -= 1
+            record(0, time.perf_counter() - (t0 + i / rate), type(exc).__name__)
             return
         start(caller, i)
 
