@@ -79,8 +79,6 @@ async def exchange(conn: Connection, request: bytes) -> tuple[int, str]:
     return status, "" if status == 200 else error_code(status, body)
 
 
-FAILURES = (OSError, ValueError, IndexError, asyncio.IncompleteReadError)
-
 
 class _Caller(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection of the open-loop client: one request at a time, its
