@@ -31,8 +31,10 @@ FRESH_SECONDS = 1.0
 # cut off, a process frozen) ever idles there; meanwhile its row locks, the dispatch lock among
 # them, would stop every worker's claims until TCP gave up on it (hours).
 IDLE_IN_TRANSACTION_MS = 30_000
-# Unacknowledged data this long fails the connection on the client (instead of TCP's own
-# retransmissions for up to about 15 minutes), so a worker cut off retries on a fresh one.
+# Unacknowledged data this long fails the connection (instead of TCP's own retransmissions for
+# up to about 15 minutes), on both ends: the client's, so that a worker cut off retries on a
+# fresh connection; the server's, so that a session still sending a result to a host that has
+# gone quiet (not idle, so the limit above does not end it) dies and lets go of its locks.
 TCP_USER_TIMEOUT_MS = 10_000
 
 
@@ -145,6 +147,7 @@ def _configure(conn: psycopg.Connection) -> None:
     statements took about ten times as long on generic plans (2-3 ms, against 0.2-0.3 ms on
     custom ones); planning each time costs far less."""
     conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+    conn.execute(f"SET tcp_user_timeout = {TCP_USER_TIMEOUT_MS}")
     conn.execute("SET plan_cache_mode = force_custom_plan")
     conn.commit()
 

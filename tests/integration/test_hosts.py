@@ -353,6 +353,21 @@ with store.tx() as cur:
 """
 
 
+HOLD_THE_DISPATCH_LOCK_WHILE_READING = """
+import sys, time
+from ops.store import open_store
+store = open_store(sys.argv[1])
+with store.pool.connection() as conn, conn.transaction():  # a session as the store sets it up
+    conn.execute("UPDATE dispatch SET value = value + 1 WHERE name = 'turns'")
+    print("locked at", time.time(), flush=True)
+    with conn.cursor().copy("COPY (SELECT repeat('x', 100) FROM generate_series(1, 100000000))"
+                      " TO STDOUT") as copy:
+        for n, _ in enumerate(copy):
+            if n == 1000:
+                print("reading", flush=True)
+"""
+
+
 def test_a_host_cut_off_inside_a_transaction_does_not_stop_every_claim(
         network: hosts.Network, database: str, tmp_path: Path) -> None:
     """A process holding the dispatch lock (as a claim does) when its host is cut off: the
@@ -368,6 +383,9 @@ def test_a_host_cut_off_inside_a_transaction_does_not_stop_every_claim(
     store = open_store(database, retry_seconds=5)
     try:
         wait_for(lambda: "locked at" in log.read_text(), 60, "the holder to take the lock")
+        # Let the holder's acknowledgement of the server's last reply through: data still
+        # unacknowledged at the cut would end the session sooner (tcp_user_timeout; see below).
+        time.sleep(1)
         holder.cut()
         # The server's clock of the idle transaction starts when the lock was taken.
         locked_at = float(log.read_text().split("locked at")[1].split()[0])
@@ -375,6 +393,33 @@ def test_a_host_cut_off_inside_a_transaction_does_not_stop_every_claim(
         store.top_up(settings_for(env).window)  # takes the dispatch lock: waits for the holder
         waited = time.time() - locked_at
         assert IDLE_IN_TRANSACTION_MS / 1000 - 1 < waited < IDLE_IN_TRANSACTION_MS / 1000 + 20
+    finally:
+        proc.kill()
+        store.close()
+
+
+def test_a_host_cut_off_while_the_server_sends_to_it_does_not_stop_every_claim(
+        network: hosts.Network, database: str, tmp_path: Path) -> None:
+    """The same cut while the server is still sending a result inside the transaction (a claim
+    returns its micro-batches' texts): the session is not idle, so the idle limit does not end it,
+    and a write to a host that has gone quiet blocks until TCP gives up (about 15 minutes of
+    retransmission at Linux's defaults). The session's `tcp_user_timeout` ends it sooner."""
+    from ops.store import open_store
+    from ops.store.postgres import TCP_USER_TIMEOUT_MS
+
+    holder = network.host("holder")
+    log = tmp_path / "holder.log"
+    env = embedded_env(tmp_path / "var")
+    proc = holder.popen([sys.executable, "-c", HOLD_THE_DISPATCH_LOCK_WHILE_READING, database],
+                        log, env)
+    store = open_store(database, retry_seconds=5)
+    try:
+        wait_for(lambda: "reading" in log.read_text(), 60, "the holder to read under the lock")
+        holder.cut()
+        cut_at = time.time()
+        store.top_up(settings_for(env).window)  # takes the dispatch lock: waits for the holder
+        waited = time.time() - cut_at
+        assert waited < TCP_USER_TIMEOUT_MS / 1000 + 20, f"the lock was held {waited:.0f} s"
     finally:
         proc.kill()
         store.close()
