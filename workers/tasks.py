@@ -66,7 +66,7 @@ def send_dispatch(tokens: Sequence[str], countdown: float) -> None:
     with app.producer_or_acquire() as producer:
         for token in tokens:
             app.send_task(TASK_RUN_NEXT, args=[token], queue=QUEUE_GPU, producer=producer,
-                          countdown=countdown or None)
+                          countdown=countdown or None, ignore_result=True)
 
 
 def _recover_and_schedule(rt: Runtime) -> WorkerSchedule | None:

@@ -149,6 +149,12 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
     conn.execute(f"SET tcp_user_timeout = {TCP_USER_TIMEOUT_MS}")
     conn.execute("SET plan_cache_mode = force_custom_plan")
+    # lz4 for the micro-batches' texts and token ids, where the server has it (built with lz4,
+    # PostgreSQL 14 or newer; elsewhere this sets nothing): pglz, the default, spent about half
+    # of a 50,000-line submit's store time compressing them (0.50-0.56 s against 0.22-0.24 s),
+    # and a claim reads them back under the dispatch lock.
+    conn.execute("SELECT set_config('default_toast_compression', 'lz4', false) FROM pg_settings "
+                 "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)")
     conn.commit()
 
 

@@ -315,6 +315,35 @@ def test_reclaim_keeps_the_planner_statistics_from_growing(postgres_url: str) ->
         st.close()
 
 
+def test_micro_batches_are_compressed_with_lz4_where_the_server_has_it(postgres_url: str
+                                                                        ) -> None:
+    """A stored micro-batch's texts and token ids are compressed with lz4 (the session's
+    `default_toast_compression`), not with pglz, which cost half a large submit's store time."""
+    st = open_store(postgres_url, retry_seconds=5)
+    try:
+        st.migrate()
+        with st.tx() as cur:
+            (methods,) = cur.execute("SELECT enumvals FROM pg_settings "
+                                     "WHERE name = 'default_toast_compression'").fetchone()
+        assert "lz4" in methods, f"this server has no lz4: {methods}"
+        job = Job(id="batch_z", status=JobStatus.VALIDATING, created_at=1, tenant="t")
+        st.create_job(job)
+        rng = random.Random(5)
+        items = [Item(line=k, custom_id=f"c{k}", texts=[" ".join(
+            rng.choices(["alpha", "beta", "gamma", "delta"], k=30))], lengths=[32], model="m")
+            for k in range(100)]  # about 17 KB of JSON: past the 2 KB at which TOAST compresses
+        tokens = bytes(rng.randrange(256) for _ in range(4000)) * 4
+        st.start_job(job.id, [MicroBatch(job_id=job.id, seq=0, state=MicroBatchState.QUEUED,
+                                         items=items, tokens=tokens)], total=100)
+        with st.tx() as cur:
+            row = cur.execute("SELECT pg_column_compression(items), "
+                              "pg_column_compression(tokens) FROM micro_batches "
+                              "WHERE job_id = ?", (job.id,)).fetchone()
+        assert row == ("lz4", "lz4")
+    finally:
+        st.close()
+
+
 def json_blob() -> str:
     """About 8 KB of JSON that does not compress away (so it is stored out of line)."""
     rng = random.Random()
