@@ -151,7 +151,7 @@ def _configure(conn: psycopg.Connection) -> None:
     conn.execute("SET plan_cache_mode = force_custom_plan")
     # lz4 for the micro-batches' texts and token ids, where the server has it (built with lz4,
     # PostgreSQL 14 or newer; elsewhere this sets nothing): pglz, the default, spent about half
-    # of a 50,000-line submit's store time compressing them (0.50-0.56 s against 0.22-0.24 s),
+    # of a 50,000-line submit's store time compressing them (0.50-0.65 s against 0.22-0.36 s),
     # and a claim reads them back under the dispatch lock.
     conn.execute("SELECT set_config('default_toast_compression', 'lz4', false) FROM pg_settings "
                  "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)")

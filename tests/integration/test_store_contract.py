@@ -331,8 +331,8 @@ def test_micro_batches_are_compressed_with_lz4_where_the_server_has_it(postgres_
         rng = random.Random(5)
         items = [Item(line=k, custom_id=f"c{k}", texts=[" ".join(
             rng.choices(["alpha", "beta", "gamma", "delta"], k=30))], lengths=[32], model="m")
-            for k in range(100)]  # about 17 KB of JSON: past the 2 KB at which TOAST compresses
-        tokens = bytes(rng.randrange(256) for _ in range(4000)) * 4
+            for k in range(100)]  # over 10 KB of JSON: past the 2 KB at which TOAST compresses
+        tokens = bytes(rng.randrange(256) for _ in range(4000)) * 4  # repeats: it compresses
         st.start_job(job.id, [MicroBatch(job_id=job.id, seq=0, state=MicroBatchState.QUEUED,
                                          items=items, tokens=tokens)], total=100)
         with st.tx() as cur:
