@@ -11,6 +11,7 @@ from ops.store import ClaimOutcome, Store, Window, open_store
 from ops.store.features import Feature
 from schemas.batch import BatchError, BatchErrors, FileObject, Job, JobStatus
 from schemas.microbatch import Item, MicroBatch, MicroBatchState
+from tests.support.services import require
 
 SHARE, ARRIVAL = DispatchOrder.SHARE, DispatchOrder.ARRIVAL
 WINDOW = Window(per_worker=2, live_within=15)
@@ -325,7 +326,8 @@ def test_micro_batches_are_compressed_with_lz4_where_the_server_has_it(postgres_
         with st.tx() as cur:
             (methods,) = cur.execute("SELECT enumvals FROM pg_settings "
                                      "WHERE name = 'default_toast_compression'").fetchone()
-        assert "lz4" in methods, f"this server has no lz4: {methods}"
+        if "lz4" not in methods:
+            require("lz4 compression", f"this PostgreSQL offers only {methods}")
         job = Job(id="batch_z", status=JobStatus.VALIDATING, created_at=1, tenant="t")
         st.create_job(job)
         rng = random.Random(5)
