@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install promtool wrk demo test test-fast bench soak check-kernels lint clean
+.PHONY: install promtool wrk demo test test-fast bench bench-gpu soak check-kernels lint clean
 
 # The runtime alone (what `make demo` needs); the test and benchmark tools on top (`make test`).
 $(STAMP): pyproject.toml
@@ -53,11 +53,23 @@ bench: install wrk
 	mkdir -p bench-results
 	$(PY) bench/overhead.py --json bench-results/overhead.json
 	$(PY) bench/pipeline.py --json bench-results/pipeline.json
+	$(PY) bench/forward.py --json bench-results/forward.json
 	$(PY) bench/kernels.py --json bench-results/kernels.json
 	$(PY) bench/kernels.py --model --json bench-results/kernel_model.json
 	$(PY) bench/online.py --json bench-results/online.json
 	$(PY) bench/overload.py --json bench-results/overload.json
 	$(PY) bench/recovery.py --json bench-results/recovery.json
+
+# On a CUDA host without Redis or PostgreSQL: the host path on the embedded store, where a forward's
+# time goes, the no-sync and bf16 checks, and the kernels on the GPU itself.
+bench-gpu: install
+	mkdir -p bench-results
+	$(PY) bench/overhead.py --store embedded --parts submit,worker,online,real --real-items 30000 \
+		--json bench-results/overhead-gpu.json
+	$(PY) bench/forward.py --json bench-results/forward-gpu.json
+	$(VENV)/bin/pytest -q tests/unit/test_forward_syncs.py tests/unit/test_encoder.py
+	$(PY) bench/kernels.py --json bench-results/kernels-gpu.json
+	$(PY) -m kernels.check
 	$(PY) bench/fairness.py --json bench-results/fairness.json
 	$(PY) bench/drift.py --json bench-results/drift.json
 	$(PY) bench/capacity.py --json bench-results/capacity.json

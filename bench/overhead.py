@@ -22,8 +22,13 @@ In one run, on loopback only:
   inside model forwards ÷ (last completion − first claim); online_efficiency = online RPS ÷ the
   direct model's rows/s on one-sentence inputs in batches of the size the worker formed.
 
+`--store embedded` runs every part on the embedded default (SQLite + the filesystem broker)
+instead of Redis + PostgreSQL, for a host without those servers (a lent GPU machine): the
+submit figures then come from the embedded job, and the S3 part is left out.
+
 Usage: python bench/overhead.py --json PATH [--items 50000] [--clients 32] [--seconds 15]
        [--real-items 3000] [--parts submit,worker,online,real] [--gateway-processes 1]
+       [--store redis_pg|embedded]
 """
 
 from __future__ import annotations
@@ -265,6 +270,8 @@ def main() -> int:
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--gateway-processes", type=int, default=1,
                         help="uvicorn processes of the gateway under load (bemq serve --workers)")
+    parser.add_argument("--store", choices=("redis_pg", "embedded"), default="redis_pg",
+                        help="where submit, online and the real model run (embedded: no servers)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
@@ -272,10 +279,13 @@ def main() -> int:
 
     home = Path(tempfile.mkdtemp(prefix="bemq-overhead-"))
     prefix = f"bemqbench-{uuid.uuid4().hex[:8]}:"
-    pg = services.create_database()
-    redis_pg = dict(BEMQ_BROKER_URL=services.REDIS_URL, BEMQ_REDIS_PREFIX=prefix,
-                    BEMQ_DATABASE_URL=pg)
-    results: dict[str, float] = {"items": args.items, "cpu_count": os.cpu_count() or 0}
+    embedded = args.store == "embedded"
+    pg = None if embedded else services.create_database()
+    # The servers' settings, added to each part's environment; none on the embedded store.
+    redis_pg = {} if embedded else dict(BEMQ_BROKER_URL=services.REDIS_URL,
+                                        BEMQ_REDIS_PREFIX=prefix, BEMQ_DATABASE_URL=pg)
+    results: dict[str, float] = {"items": args.items, "cpu_count": os.cpu_count() or 0,
+                                 "store": args.store}  # type: ignore[dict-item]
     moto = None
     try:
         cfg = settings_for(base_env(home))
@@ -289,23 +299,26 @@ def main() -> int:
                 out: dict[str, float] = {}
                 floor = tokenizer_floor(cfg, texts)
                 fast = tokenizer_floor(cfg, texts, "encode_batch_fast")
-                submit, out["worker_items_per_s_redis_pg"], _ = run_job(
-                    base_env(home / "redis_pg", **redis_pg), home, path, args.items, "redis_pg")
+                first = "embedded" if embedded else "redis_pg"
+                submit, out[f"worker_items_per_s_{first}"], _ = run_job(
+                    base_env(home / first, **redis_pg), home, path, args.items, first)
                 out |= {"tokenizer_items_per_s": floor, "submit_items_per_s": submit,
                         "submit_efficiency": submit / floor,
                         # Submit tokenizes with encode_batch_fast (no offsets): against that
                         # call's own rate the floor is higher, and the ratio lower.
                         "tokenizer_fast_items_per_s": fast,
                         "submit_efficiency_vs_fast": submit / fast}
-                if "worker" in parts:
+                if "worker" in parts and not embedded:
                     _, out["worker_items_per_s_embedded"], _ = run_job(
                         base_env(home / "embedded"), home, path, args.items, "embedded")
-                    out["worker_items_per_s"] = min(out["worker_items_per_s_embedded"],
-                                                    out["worker_items_per_s_redis_pg"])
+                if "worker" in parts:
+                    out["worker_items_per_s"] = min(
+                        v for k, v in out.items()
+                        if k in ("worker_items_per_s_embedded", "worker_items_per_s_redis_pg"))
                 return out
 
             results |= timed("batch path, zero-cost model", batch_part)
-        if "worker" in parts:
+        if "worker" in parts and not embedded:
             def s3_part() -> dict[str, float]:
                 nonlocal moto
                 moto = services.MotoServer()
@@ -357,6 +370,8 @@ def main() -> int:
                        # The worker's seconds in forwards ÷ the direct passes' seconds, same
                        # micro-batches: what sharing the cores costs the model itself.
                        "real_forward_seconds_ratio": busy / (len(job_texts) / direct)}
+                if "online" not in parts:
+                    return out
                 on, extra = online(env, home, args.clients, args.seconds, "real")
                 rows = max(1, round(on["online_mean_batch_rows"]))
                 one = extra["texts"]  # type: ignore[index]
@@ -371,8 +386,9 @@ def main() -> int:
     finally:
         if moto is not None:
             moto.stop()
-        services.drop_database(pg)
-        services.drop_prefix(services.redis_client(), prefix)
+        if pg is not None:
+            services.drop_database(pg)
+            services.drop_prefix(services.redis_client(), prefix)
 
     report(args.json, results, "host path (bench/overhead.py)")
     return 0
