@@ -2,6 +2,7 @@
 forms (log-normal lengths, median 20 tokens), with no adapter and with 8 adapters mixed.
 
 Per micro-batch, in one run:
+- first_ms: the first `Runtime.embed_tokens` of that shape (a worker meets most shapes once);
 - wall_ms: `Runtime.embed_tokens` (pad, copy in, forward, copy out), what a worker pays;
 - enqueue_ms: host time until the model's forward returns, before anything waits for the
   device (on a GPU: Python and launch cost; on the CPU it is the whole compute);
@@ -69,6 +70,10 @@ def median_ms(fn, repeats: int, rt: Runtime) -> float:  # type: ignore[no-untype
 def anatomy(rt: Runtime, lengths, ids, names, repeats: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """The figures of one micro-batch (see the module's docstring)."""
     out: dict[str, float] = {}
+    sync(rt)
+    started = time.perf_counter()  # this shape's first forward (allocations, kernel plans)
+    rt.embed_tokens(lengths, ids, names)
+    out["first_ms"] = (time.perf_counter() - started) * 1000
     out["wall_ms"] = median_ms(lambda: rt.embed_tokens(lengths, ids, names), repeats, rt)
     ids_t, mask = tokens.padded(lengths, ids)
     bem = None if names is None else rt._plan(names, None, mask, None)
@@ -155,7 +160,8 @@ def main() -> int:
                                  "micro_batches": len(batches)}  # type: ignore[dict-item]
     for label in ("base", "adapters"):
         mine = [r for r in rows if r["case"] == label]
-        for key in ("wall_ms", "enqueue_ms", "device_ms", "device_queued_ms", "graph_ms"):
+        for key in ("first_ms", "wall_ms", "enqueue_ms", "device_ms", "device_queued_ms",
+                    "graph_ms"):
             values = [r[key] for r in mine if key in r]
             if values:
                 results[f"{label}_{key}_mean"] = round(statistics.fmean(values), 3)

@@ -357,6 +357,11 @@ def main() -> int:
                 # shared machine one pass of the same batches varied by up to 15 % from one
                 # minute to the next, as much as the gap being measured.
                 rt = Runtime(rcfg)  # one model for every direct pass
+                # A shape's first forward on a GPU costs far more than the next (measured on an
+                # H200: 1,874-4,687 items/s on a first pass over a job's micro-batches, 14,218-
+                # 16,127 on the second): the direct passes are taken warm, and the first pass
+                # is reported beside them, since the worker meets every shape for the first time.
+                first = direct_rows_per_s(rt, batches) if rt.device.type == "cuda" else None
                 before = direct_rows_per_s(rt, batches)
                 _, speed, metrics = run_job(env, home, real_path, len(job_texts), "real")
                 after = direct_rows_per_s(rt, batches)
@@ -370,6 +375,8 @@ def main() -> int:
                        # The worker's seconds in forwards ÷ the direct passes' seconds, same
                        # micro-batches: what sharing the cores costs the model itself.
                        "real_forward_seconds_ratio": busy / (len(job_texts) / direct)}
+                if first is not None:
+                    out["real_direct_items_per_s_first_pass"] = first
                 if "online" not in parts:
                     return out
                 on, extra = online(env, home, args.clients, args.seconds, "real")
