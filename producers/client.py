@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 ItemsLike = str | os.PathLike[str] | bytes | Iterable[str | dict[str, Any]]
 # A short-form item: `custom_id` and the fields of a request line's `body`.
-SHORT_FORM_KEYS = frozenset({"custom_id", *EmbeddingBody.model_fields})
+SHORT_FORM_KEYS = frozenset({"custom_id", *EmbeddingBody.__annotations__})
 
 
 class NotFound(LookupError):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pydantic import ValidationError
 
 from ops.models import ModelFiles, UnknownModel, split_model_name
-from schemas.batch import BatchError, InputLine
+from schemas.batch import INPUT_LINE, BatchError, InputLine, body_texts
 from schemas.microbatch import Item
 
 MAX_REPORTED_ERRORS = 100
@@ -74,19 +74,20 @@ def _check_lines(result: Validation, numbered: list[tuple[int, bytes]], model: M
         line = _parse_line(result, n, raw)
         if line is None:
             continue
-        if line.custom_id in seen:
+        custom_id, body = line["custom_id"], line["body"]
+        if custom_id in seen:
             result.add("duplicate_custom_id",
-                       f"custom_id {line.custom_id!r} already used on line {seen[line.custom_id]}",
+                       f"custom_id {custom_id!r} already used on line {seen[custom_id]}",
                        n, "custom_id")
             continue
-        seen[line.custom_id] = n
+        seen[custom_id] = n
         is_known = None if known_adapters is None else known_adapters.__contains__
         try:
-            adapter = resolve_adapter(line.body.model, served, is_known)
+            adapter = resolve_adapter(body["model"], served, is_known)
         except UnknownModel as exc:
             result.add("model_not_found", str(exc), n, "body.model")
             continue
-        problem = rank_problem(line.body.rank, adapter, known_adapters)
+        problem = rank_problem(body.get("rank"), adapter, known_adapters)
         if problem is not None:
             result.add("invalid_value", f"body.rank: {problem}", n, "body.rank")
             continue
@@ -144,7 +145,7 @@ def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:
     """A valid line is parsed and checked in one pass (pydantic's own JSON parser); any other
     goes the long way, which names exactly what is wrong with it."""
     try:
-        return InputLine.model_validate_json(raw)
+        return INPUT_LINE.validate_json(raw)
     except ValidationError:
         pass
     try:
@@ -164,7 +165,7 @@ def _parse_line(result: Validation, n: int, raw: bytes) -> InputLine | None:
         result.add("invalid_request", f"expected a JSON object, got {type(obj).__name__}", n)
         return None
     try:
-        return InputLine.model_validate(obj)
+        return INPUT_LINE.validate_python(obj)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "line"
@@ -178,31 +179,33 @@ def _measure(result: Validation, parsed: list[tuple[int, InputLine, str | None]]
     """Token ids and lengths (special tokens included) for every text, in one tokenizer call;
     texts over the limit that ask to be cut (the line's `body.truncate`, else the job's
     `truncate`) are tokenized again with truncation, as the model's own tokenizer cuts them."""
-    all_ids = token_ids(model, [t for _, line, _ in parsed for t in line.body.texts])
+    texts = [body_texts(line["body"]) for _, line, _ in parsed]
+    all_ids = token_ids(model, [t for line_texts in texts for t in line_texts])
     limit = model.max_seq_length
     pos = 0
     cut: list[tuple[list[list[int]], int, str]] = []
-    for n, line, adapter in parsed:
-        count = len(line.body.texts)
+    for (n, line, adapter), line_texts in zip(parsed, texts, strict=True):
+        body = line["body"]
+        count = len(line_texts)
         ids = all_ids[pos:pos + count]
         lengths = [len(row) for row in ids]
         pos += count
         too_long = [i for i, length in enumerate(lengths) if length > limit]
-        cuts = line.body.truncate if "truncate" in line.body.model_fields_set else truncate
+        cuts = body.get("truncate", truncate)
         if too_long and not cuts:
             i = too_long[0]
-            field = "body.input" if isinstance(line.body.input, str) else f"body.input.{i}"
+            field = "body.input" if isinstance(body["input"], str) else f"body.input.{i}"
             result.add("context_length_exceeded",
                        f"{field} has {lengths[i]} tokens; the model's limit is {limit} "
                        "(set body.truncate to cut it)", n, field)
             continue
         result.items.append(Item(
-            line=n, custom_id=line.custom_id, texts=line.body.texts,
+            line=n, custom_id=line["custom_id"], texts=line_texts,
             lengths=[min(length, limit) for length in lengths], truncate=cuts,
-            model=line.body.model, adapter=adapter, rank=line.body.rank,
+            model=body["model"], adapter=adapter, rank=body.get("rank"),
         ))
         result.ids[n] = ids
-        cut += [(ids, i, line.body.texts[i]) for i in too_long]
+        cut += [(ids, i, line_texts[i]) for i in too_long]
     if cut:
         encodings = model.tokenizer(truncate=True).encode_batch([text for _, _, text in cut])
         for (ids, i, _), enc in zip(cut, encodings, strict=True):
