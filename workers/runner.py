@@ -144,8 +144,8 @@ def forward(rt: Runtime, work: Work) -> bool:
     metrics.PADDING_EFFICIENCY.observe(mb.real_tokens / mb.padded_tokens)
     extras = Extras()
     entries = list(zip(mb.items, work.rows, strict=True))
-    entries += [(item.model_copy(update={"adapter": item.shadow, "arm": None,
-                                         "canary_id": None, "shadow": None}), rows)
+    entries += [(dataclasses.replace(item, adapter=item.shadow, arm=None, canary_id=None,
+                                    shadow=None), rows)
                 for item, rows in entries if item.shadow is not None]
 
     def embed(rows: list[int], adapters: list[str | None], ranks: list[int | None]

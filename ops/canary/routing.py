@@ -11,6 +11,7 @@ aborted or paused after an item was queued no longer serves it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 
@@ -40,17 +41,15 @@ def route(items: Sequence[Item], tenant: str, routes: Mapping[str, Canary],
         if canary is None or canary.state == CanaryState.PAUSED:
             out.append(item)
         elif canary.state == CanaryState.PROMOTED:
-            out.append(item.model_copy(update={"adapter": canary.canary}))
+            out.append(dataclasses.replace(item, adapter=canary.canary))
         elif arm_for(tenant, item.custom_id, canary.weight) == Arm.CANARY:
             shadow = point(tenant, item.custom_id, salt="shadow") < shadow_fraction * 100
-            out.append(item.model_copy(update={
-                "adapter": canary.canary, "arm": Arm.CANARY, "canary_id": canary.id,
-                "canary_step": canary.step, "shadow": canary.stable if shadow else None,
-            }))
+            out.append(dataclasses.replace(
+                item, adapter=canary.canary, arm=Arm.CANARY, canary_id=canary.id,
+                canary_step=canary.step, shadow=canary.stable if shadow else None))
         else:
-            out.append(item.model_copy(update={
-                "arm": Arm.STABLE, "canary_id": canary.id, "canary_step": canary.step,
-            }))
+            out.append(dataclasses.replace(item, arm=Arm.STABLE, canary_id=canary.id,
+                                           canary_step=canary.step))
     return out
 
 
@@ -79,6 +78,6 @@ def at_run(items: Sequence[Item], canaries: Mapping[str, Canary]) -> list[Item]:
         if item.arm == Arm.CANARY and canary is not None \
                 and canary.state != CanaryState.PROMOTED:
             adapter = canary.stable
-        out.append(item.model_copy(update={"adapter": adapter, "arm": None, "canary_id": None,
-                                           "canary_step": None, "shadow": None}))
+        out.append(dataclasses.replace(item, adapter=adapter, arm=None, canary_id=None,
+                                       canary_step=None, shadow=None))
     return out
