@@ -64,7 +64,7 @@ bench: install wrk
 # time goes, the no-sync and bf16 checks, and the kernels on the GPU itself.
 bench-gpu: install
 	mkdir -p bench-results
-	$(PY) bench/overhead.py --store embedded --parts submit,worker,online,real --real-items 30000 \
+	$(PY) bench/overhead.py --store embedded --real-items 30000 \
 		--json bench-results/overhead-gpu.json
 	$(PY) bench/forward.py --json bench-results/forward-gpu.json
 	$(VENV)/bin/pytest -q tests/unit/test_forward_syncs.py tests/unit/test_encoder.py

@@ -377,8 +377,6 @@ def main() -> int:
                        "real_forward_seconds_ratio": busy / (len(job_texts) / direct)}
                 if first is not None:
                     out["real_direct_items_per_s_first_pass"] = first
-                if "online" not in parts:
-                    return out
                 on, extra = online(env, home, args.clients, args.seconds, "real")
                 rows = max(1, round(on["online_mean_batch_rows"]))
                 one = extra["texts"]  # type: ignore[index]
