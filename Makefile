@@ -59,6 +59,9 @@ bench: install wrk
 	$(PY) bench/online.py --json bench-results/online.json
 	$(PY) bench/overload.py --json bench-results/overload.json
 	$(PY) bench/recovery.py --json bench-results/recovery.json
+	$(PY) bench/fairness.py --json bench-results/fairness.json
+	$(PY) bench/drift.py --json bench-results/drift.json
+	$(PY) bench/capacity.py --json bench-results/capacity.json
 
 # On a CUDA host without Redis or PostgreSQL: the host path on the embedded store, where a forward's
 # time goes, the no-sync and bf16 checks, and the kernels on the GPU itself.
@@ -70,9 +73,6 @@ bench-gpu: install
 	$(VENV)/bin/pytest -q tests/unit/test_forward_syncs.py tests/unit/test_encoder.py
 	$(PY) bench/kernels.py --json bench-results/kernels-gpu.json
 	$(PY) -m kernels.check
-	$(PY) bench/fairness.py --json bench-results/fairness.json
-	$(PY) bench/drift.py --json bench-results/drift.json
-	$(PY) bench/capacity.py --json bench-results/capacity.json
 
 soak: install
 	mkdir -p bench-results

@@ -2,7 +2,8 @@
 forms (log-normal lengths, median 20 tokens), with no adapter and with 8 adapters mixed.
 
 Per micro-batch, in one run:
-- first_ms: the first `Runtime.embed_tokens` of that shape (a worker meets most shapes once);
+- first_ms: the case's first `Runtime.embed_tokens` at that shape (the base case runs first,
+  so its figure is the shape's first forward; a worker meets most shapes once);
 - wall_ms: `Runtime.embed_tokens` (pad, copy in, forward, copy out), what a worker pays;
 - enqueue_ms: host time until the model's forward returns, before anything waits for the
   device (on a GPU: Python and launch cost; on the CPU it is the whole compute);
@@ -55,7 +56,6 @@ def sync(rt: Runtime) -> None:
 
 def median_ms(fn, repeats: int, rt: Runtime) -> float:  # type: ignore[no-untyped-def]
     fn()
-    sync(rt)
     times = []
     for _ in range(repeats):
         sync(rt)

@@ -1,7 +1,8 @@
 """Routing is batched over the adapters of a forward: adapters that share experts, rank and
 routing settings are routed together, each sequence by its own router, so a forward makes as many
 torch operations with 8 adapters as with one (on a GPU each operation is a launch, and routing
-one adapter at a time made the host's launching cost 30 times the base forward's)."""
+one adapter at a time, a forward with 8 adapters took 31 times the base forward's time on an
+H200)."""
 
 from __future__ import annotations
 
