@@ -70,6 +70,9 @@ def _check_lines(result: Validation, numbered: list[tuple[int, bytes]], model: M
                  served: str, known_adapters: Mapping[str, int] | None, truncate: bool) -> None:
     seen: dict[str, int] = {}
     parsed: list[tuple[int, InputLine, str | None]] = []
+    is_known = None if known_adapters is None else known_adapters.__contains__
+    # A file names few models: each is resolved once (its adapter, or the error it gets).
+    adapters: dict[str, str | UnknownModel | None] = {}
     for n, raw in numbered:
         line = _parse_line(result, n, raw)
         if line is None:
@@ -81,11 +84,15 @@ def _check_lines(result: Validation, numbered: list[tuple[int, bytes]], model: M
                        n, "custom_id")
             continue
         seen[custom_id] = n
-        is_known = None if known_adapters is None else known_adapters.__contains__
-        try:
-            adapter = resolve_adapter(body["model"], served, is_known)
-        except UnknownModel as exc:
-            result.add("model_not_found", str(exc), n, "body.model")
+        requested = body["model"]
+        if requested not in adapters:
+            try:
+                adapters[requested] = resolve_adapter(requested, served, is_known)
+            except UnknownModel as exc:
+                adapters[requested] = exc
+        adapter = adapters[requested]
+        if isinstance(adapter, UnknownModel):
+            result.add("model_not_found", str(adapter), n, "body.model")
             continue
         problem = rank_problem(body.get("rank"), adapter, known_adapters)
         if problem is not None:
@@ -190,22 +197,23 @@ def _measure(result: Validation, parsed: list[tuple[int, InputLine, str | None]]
         ids = all_ids[pos:pos + count]
         lengths = [len(row) for row in ids]
         pos += count
-        too_long = [i for i, length in enumerate(lengths) if length > limit]
         cuts = body.get("truncate", truncate)
-        if too_long and not cuts:
-            i = too_long[0]
-            field = "body.input" if isinstance(body["input"], str) else f"body.input.{i}"
-            result.add("context_length_exceeded",
-                       f"{field} has {lengths[i]} tokens; the model's limit is {limit} "
-                       "(set body.truncate to cut it)", n, field)
-            continue
+        if max(lengths) > limit:  # rare: the common line has nothing to cut
+            too_long = [i for i, length in enumerate(lengths) if length > limit]
+            if not cuts:
+                i = too_long[0]
+                field = "body.input" if isinstance(body["input"], str) else f"body.input.{i}"
+                result.add("context_length_exceeded",
+                           f"{field} has {lengths[i]} tokens; the model's limit is {limit} "
+                           "(set body.truncate to cut it)", n, field)
+                continue
+            cut += [(ids, i, line_texts[i]) for i in too_long]
+            lengths = [min(length, limit) for length in lengths]
         result.items.append(Item(
-            line=n, custom_id=line["custom_id"], texts=line_texts,
-            lengths=[min(length, limit) for length in lengths], truncate=cuts,
-            model=body["model"], adapter=adapter, rank=body.get("rank"),
+            line=n, custom_id=line["custom_id"], texts=line_texts, lengths=lengths,
+            truncate=cuts, model=body["model"], adapter=adapter, rank=body.get("rank"),
         ))
         result.ids[n] = ids
-        cut += [(ids, i, line_texts[i]) for i in too_long]
     if cut:
         encodings = model.tokenizer(truncate=True).encode_batch([text for _, _, text in cut])
         for (ids, i, _), enc in zip(cut, encodings, strict=True):
