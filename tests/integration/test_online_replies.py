@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -36,15 +37,17 @@ def test_a_batch_of_answers_comes_back_in_two_round_trips(
     answered: collections.Counter[str] = collections.Counter()  # round trips that returned
     make_client = ops.online.async_client
 
+    def counted(name: str, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            got = await call(*args, **kwargs)
+            answered[name] += got is not None
+            return got
+        return wrapper
+
     def counting_client(url: str, master: str = "") -> Any:
         client = make_client(url, master)
         for name in ("blpop", "lpop"):
-            async def counted(*args: Any, _call: Any = getattr(client, name), _name: str = name,
-                              **kwargs: Any) -> Any:
-                got = await _call(*args, **kwargs)
-                answered[_name] += got is not None
-                return got
-            setattr(client, name, counted)
+            setattr(client, name, counted(name, getattr(client, name)))
         return client
 
     monkeypatch.setattr(ops.online, "async_client", counting_client)
