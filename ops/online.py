@@ -160,18 +160,19 @@ class RedisOnlineQueue(OnlineQueue):
 
     def put_results(self, answered: Sequence[tuple[OnlineRequest, dict[str, Any]]]) -> None:
         """One RPUSH (and one EXPIRE) per gateway process the batch's requests came from."""
-        replies: dict[str, list[bytes]] = {}
+        replies: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for request, result in answered:
             if request.reply_to is None:
                 log.warning("online request %s has no reply list; dropped", request.id)
                 continue
-            replies.setdefault(request.reply_to, []).append(result | {"id": request.id})
+            replies.setdefault(request.reply_to, []).append((request.id, result))
         with self.redis.pipeline(transaction=False) as pipe:
             for reply_to, results in replies.items():
                 # Each answer says how many more this push put behind it, so the gateway's
                 # reply task takes them all with one more round trip instead of one each.
-                pipe.rpush(reply_to, *(orjson.dumps(r | {"left": len(results) - 1 - i})
-                                       for i, r in enumerate(results)))
+                pipe.rpush(reply_to, *(orjson.dumps({**result, "id": request_id,
+                                                     "left": len(results) - 1 - i})
+                                       for i, (request_id, result) in enumerate(results)))
                 pipe.expire(reply_to, RESULT_TTL)
             pipe.execute()
 
