@@ -35,6 +35,10 @@ def build(s: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "broker_url": s.broker_url,
         "broker_connection_retry_on_startup": True,
+        # A worker keeps trying while the broker is away (its work is safe in the store), on
+        # the short schedule of `workers.consumer`, not Celery's 2, 4, … 30 s one.
+        "broker_connection_max_retries": None,
+        "worker_consumer": "workers.consumer:Consumer",
         "broker_transport_options": _transport_options(s),
         # Results live in the store, not in a Celery result backend. The backend's transport
         # options still match the broker's, so one added later cannot differ on visibility.
