@@ -20,8 +20,8 @@ The JSON holds `capacity_rps`, `accepted_over_capacity_2x` / `_4x` (accepted ÷ 
 `p99_over_base_2x` / `_4x` (accepted p99 ÷ the 0.5× level's), `past_deadline` (all levels),
 `first_503_s`, each also with a `real_` prefix, and every level's figures. The load generator is
 this process (a bare HTTP/1.1 client on uvloop, one asyncio protocol per keep-alive connection
-for the open loop); its CPU share is reported, since on a small machine it competes with the
-gateway and the worker.
+for the open loop); its CPU share is reported, with the gateway's and the worker's (cores busy,
+over the level), since on a small machine they compete for the same cores.
 
 Usage: python bench/overload.py --json PATH [--seconds 8] [--deadline 0.5]
 """
@@ -249,11 +249,21 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (all its threads)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def level(url: str, key: str, texts: list[str], rate: float, seconds: float, deadline: float,
-          gateway_pid: int) -> dict[str, float]:
+          gateway_pid: int, worker_pid: int) -> dict[str, float]:
+    others0 = cpu_seconds(gateway_pid), cpu_seconds(worker_pid)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     got = uvloop.run(open_loop(url, key, texts, rate, seconds))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    gateway_cpu, worker_cpu = (cpu_seconds(pid) - before for pid, before in
+                               zip((gateway_pid, worker_pid), others0, strict=True))
     ok = sorted(t for status, t, _ in got if status == 200)
     refused = sum(status in (429, 503) for status, _, _ in got)
     return {
@@ -267,6 +277,8 @@ def level(url: str, key: str, texts: list[str], rate: float, seconds: float, dea
         "gateway_rss_mb": rss_mb(gateway_pid),
         "redis_used_mb": services.redis_client().info("memory")["used_memory"] / 2**20,
         "generator_cpu_share": cpu / wall,
+        "gateway_cpu_share": gateway_cpu / wall,
+        "worker_cpu_share": worker_cpu / wall,
         "codes": dict(collections.Counter(code or "ok" for _, _, code in got)),
     }
 
@@ -305,7 +317,7 @@ def run_model(label: str, env: dict[str, str], home: Path, client: Client, key: 
         levels = {}
         for factor in LEVELS:
             levels[f"{factor:g}x"] = level(url, key, texts, capacity * factor, args.seconds,
-                                           args.deadline, gateway.pid)
+                                           args.deadline, gateway.pid, worker.pid)
             console.print(f"  {factor:g}×: {levels[f'{factor:g}x']}")
         cfg = settings_for(env)
         to_first, answer = first_503(url, key, client, worker, cfg.dead_after)
@@ -359,7 +371,8 @@ def main() -> int:
         services.drop_prefix(services.redis_client(), prefix)
 
     table = Table("model", "level", "offered/s", "accepted/s", "p50 ms", "p99 ms", "refused",
-                  "slowest ms", "past deadline", "gateway MB", "Redis MB", "generator CPU",
+                  "slowest ms", "past deadline", "gateway MB", "Redis MB",
+                  "cores: generator / gateway / worker",
                   title=f"overload (open loop, deadline {args.deadline:g}s)")
     for name in args.models.split(","):
         p = models[name][0]
@@ -368,7 +381,9 @@ def main() -> int:
                           f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}",
                           f"{v['refused_share']:.1%}", f"{v['slowest_ms']:.0f}",
                           str(v["past_deadline"]), f"{v['gateway_rss_mb']:.0f}",
-                          f"{v['redis_used_mb']:.1f}", f"{v['generator_cpu_share']:.0%}")
+                          f"{v['redis_used_mb']:.1f}",
+                          f"{v['generator_cpu_share']:.2f} / {v['gateway_cpu_share']:.2f} / "
+                          f"{v['worker_cpu_share']:.2f}")
     Console().print(table)
     for key_name in ("capacity_rps", "accepted_over_capacity_2x", "accepted_over_capacity_4x",
                      "p99_over_base_2x", "p99_over_base_4x", "past_deadline", "first_503_s",
