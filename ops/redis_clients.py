@@ -29,10 +29,11 @@ import redis.asyncio as aioredis
 import redis.asyncio.sentinel as aiosentinel
 import redis.sentinel
 
-# Seconds; every blocking pop here waits at most 1 s. A worker's Celery thread meets a quiet
-# primary up to four times in a row (the refill it publishes, the ack, its heartbeat, the
-# overdue BRPOP), so this is what bounds batch work's stall when a primary's host is cut off:
-# 21 s at 5 s, 7 s at 2 s, in `test_broker_primary_lost_under_sentinel`.
+# Seconds; every blocking pop here waits at most 1 s. A worker's Celery thread waits on a quiet
+# primary several times in a row (in the test: the refill it sends, the acknowledgement, then
+# two more waits before the overdue BRPOP is dropped), so this is what bounds batch work's
+# stall when a primary's host is cut off: 21 s at 5 s, 7 s at 2 s, in
+# `test_broker_primary_lost_under_sentinel`.
 SOCKET_TIMEOUT = 2.0
 # Sentinels themselves are asked with short timeouts, so a dead one costs little.
 SENTINEL_KWARGS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
