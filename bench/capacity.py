@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -63,9 +64,10 @@ def broker(url: str) -> Connection:
     return Connection(url, transport_options={"visibility_timeout": 600})
 
 
-def generator(n: int, pg: str, url: str, until: float, store_too: bool, claim_size: int,
-              out: mp.Queue) -> None:
-    """One simulated GPU worker until `until`; puts (completions, messages, latencies by call)."""
+def generator(n: int, pg: str, url: str, seconds: float, store_too: bool, claim_size: int,
+              out: mp.Queue, ready: Barrier) -> None:
+    """One simulated GPU worker for `seconds` from the moment every one of them is connected
+    (`ready`); puts (completions, messages, latencies by call)."""
     store = open_store(pg, pool_size=2) if store_too else None
     name = f"capacity-{n}-{os.getpid()}"
     lat: dict[str, list[float]] = {"consume": [], "publish": [], "claim": [], "lock": [],
@@ -82,7 +84,10 @@ def generator(n: int, pg: str, url: str, until: float, store_too: bool, claim_si
         threading.Thread(target=heartbeat, name="capacity-heartbeat", daemon=True).start()
     with broker(url) as conn:
         queue = conn.SimpleQueue(QUEUE)
+        conn.ensure_connection()
         last = None
+        ready.wait()
+        until = time.time() + seconds
         while time.time() < until:
             t = time.perf_counter()
             try:
@@ -177,14 +182,16 @@ def level(n: int, seconds: float, pg: str, url: str, store_too: bool,
           claim_size: int) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
-    start = time.time() + 3.0  # every process connected before the clock starts
-    until = start + seconds
+    # The clock starts once every process has started up and connected: spawning eight on two
+    # cores took longer than a fixed head start, and their window had ended before they ran.
+    ready = ctx.Barrier(n + 1, timeout=300)
     procs = [ctx.Process(target=generator,
-                         args=(k, pg, url, until, store_too, claim_size, out),
+                         args=(k, pg, url, seconds, store_too, claim_size, out, ready),
                          name=f"capacity-{k}") for k in range(n)]
     for p in procs:
         p.start()
-    time.sleep(max(0.0, start - time.time()))
+    ready.wait()
+    start = time.time()
     cpu_before = {"pg": cpu_seconds("postgres"), "redis": cpu_seconds("redis-server")}
     results = [out.get(timeout=seconds + 120) for _ in procs]
     elapsed = time.time() - start
