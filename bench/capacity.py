@@ -7,7 +7,8 @@ holds), claim the micro-batch the store puts next (`Store.claim_next`: the dispa
 share, the window refilled), publish the refill's messages, count the forward begun
 (`begin_forward`) and complete it (`complete`); and each heartbeats every second, as workers do.
 Besides each call's time, the claim's hold of the store's dispatch lock (`Claims.locked_seconds`,
-what serialises every worker's claims), and from it the serial ceiling of micro-batches/s.
+what serialises every worker's claims), and from it the serial ceiling of micro-batches/s; and
+how long each claim waited for the lock behind the others' (`Claims.lock_wait_seconds`).
 Each level runs once per claim size (`--claim-sizes`: micro-batches one message claims, as
 `BEMQ_CLAIM_SIZE`), side by side, with the ratio of completions/s to a claim size of 1.
 The micro-batches are real ones: a job of the demo corpus packed by the producer (`--batch-size`
@@ -71,7 +72,7 @@ def generator(n: int, pg: str, url: str, seconds: float, store_too: bool, claim_
     store = open_store(pg, pool_size=2) if store_too else None
     name = f"capacity-{n}-{os.getpid()}"
     lat: dict[str, list[float]] = {"consume": [], "publish": [], "claim": [], "lock": [],
-                                   "begin_forward": [], "complete": []}
+                                   "lock_wait": [], "begin_forward": [], "complete": []}
     done = messages = 0
     stop = threading.Event()
 
@@ -110,6 +111,7 @@ def generator(n: int, pg: str, url: str, seconds: float, store_too: bool, claim_
             lat["claim"].append(time.perf_counter() - t)
             if got.claims:
                 lat["lock"].append(got.locked_seconds)
+                lat["lock_wait"].append(got.lock_wait_seconds)
             msg.ack()
             for token in got.tokens:
                 t = time.perf_counter()
@@ -281,7 +283,8 @@ def main() -> int:
         redis.kill()
 
     table = Table("N", "claim size", "completions/s", "÷ claim size 1", "claim p50/p99 ms",
-                  "lock held p50/p99 ms", "complete p50/p99 ms", "messages/s", "PG cores",
+                  "lock held p50/p99 ms", "lock wait p50/p99 ms", "complete p50/p99 ms",
+                  "messages/s", "PG cores",
                   "Redis cores", "broker alone msg/s",
                   title=f"one PostgreSQL + one Redis, {items:.0f} items a micro-batch")
     figures: dict[str, object] = {"items_per_micro_batch": items, "cpu_count": os.cpu_count()}
@@ -294,6 +297,7 @@ def main() -> int:
             table.add_row(str(n), str(k), f"{both['completions_per_s']:,.0f}", f"{ratio:.2f}",
                           f"{both['claim_p50_ms']:.1f} / {both['claim_p99_ms']:.1f}",
                           f"{both['lock_p50_ms']:.1f} / {both['lock_p99_ms']:.1f}",
+                          f"{both['lock_wait_p50_ms']:.1f} / {both['lock_wait_p99_ms']:.1f}",
                           f"{both['complete_p50_ms']:.1f} / {both['complete_p99_ms']:.1f}",
                           f"{both['messages_per_s']:,.0f}", f"{both['postgres_cores']:.2f}",
                           f"{both['redis_cores']:.2f}",

@@ -67,8 +67,10 @@ class Claims:
     claims: tuple[Claim, ...] = ()
     tokens: tuple[str, ...] = ()
     # Seconds the dispatch lock was held, from taking it to the commit (claims are serial, so
-    # this bounds how many a store serves: `bem_dispatch_lock_seconds`).
+    # this bounds how many a store serves: `bem_dispatch_lock_seconds`), and seconds the claim
+    # waited for it behind other workers' claims before that.
     locked_seconds: float = 0.0
+    lock_wait_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +153,9 @@ class DispatchRecords(Transactional):
                     order: DispatchOrder, window: Window, count: int) -> Claims:
         now = time.time()
         with self.tx() as cur:
-            locked = time.perf_counter()
+            asked = time.perf_counter()
             turn = _lock(cur, window, now)
+            locked = time.perf_counter()
             cur.execute("DELETE FROM dispatch_tokens WHERE id = ?", (token,))
             if cur.rowcount != 1:
                 got = Claims(ClaimOutcome.STALE)
@@ -162,7 +165,8 @@ class DispatchRecords(Transactional):
                                        turn, now, count)
                 got = Claims(ClaimOutcome.RUN, claims, _refill(cur, turn, now)) if claims \
                     else Claims(ClaimOutcome.IDLE)
-        return dataclasses.replace(got, locked_seconds=time.perf_counter() - locked)
+        return dataclasses.replace(got, locked_seconds=time.perf_counter() - locked,
+                                   lock_wait_seconds=locked - asked)
 
     @retried
     def release(self, job_id: str, seq: int, worker: str, error: str,

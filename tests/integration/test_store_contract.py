@@ -4,6 +4,7 @@ that keep work from being lost or doubled."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 from ops.fairshare import DispatchOrder
@@ -261,6 +262,33 @@ def test_a_jobs_features_count_in_drift_windows_only_once_it_completes(store: St
         left = cur.execute("SELECT job_id FROM features WHERE reference = 0 AND job_id "
                            "IS NOT NULL").fetchall()
     assert [r[0] for r in left] == ["batch_1"]
+
+
+def test_a_claims_wait_for_the_dispatch_lock_is_not_counted_as_its_hold(postgres_url: str
+                                                                        ) -> None:
+    """A claim queued behind another transaction that holds the dispatch lock reports that wait
+    apart from its own hold: workers export the holds (`bem_dispatch_lock_seconds`), whose sum
+    per second is the share of the lock in use, and a wait counted there would be counted twice
+    (the holder's hold, and again as the waiter's)."""
+    st = open_store(postgres_url, retry_seconds=5)
+    try:
+        st.migrate()
+        new_job(st)
+        token = st.add_token(time.time())
+        with st.tx() as cur:  # the lock, held for a second by this transaction
+            cur.execute("UPDATE dispatch SET value = value + 1 WHERE name = 'turns'")
+            got: list[object] = []
+            claim = threading.Thread(target=lambda: got.append(
+                st.claim_next(token, "w", 60, 3, SHARE, WINDOW)), name="test-claim")
+            claim.start()
+            time.sleep(1.0)
+        claim.join(30)
+        (claims,) = got
+        assert claims.outcome == ClaimOutcome.RUN  # type: ignore[attr-defined]
+        assert claims.lock_wait_seconds > 0.8, claims  # type: ignore[attr-defined]
+        assert claims.locked_seconds < 0.5, claims  # type: ignore[attr-defined]
+    finally:
+        st.close()
 
 
 def test_reclaim_keeps_a_churning_table_from_growing(postgres_url: str) -> None:
