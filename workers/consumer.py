@@ -3,11 +3,11 @@
 Celery's own consumer retries a lost broker connection 2, 4, 6, … up to 30 s apart (kombu's
 defaults, which no Celery setting changes). Behind Redis Sentinel the first attempts after a
 primary is lost fail while the sentinels elect the replica ("No master found"), so a worker
-went on waiting up to 30 s past the failover: 4 s in a test whose sentinels promote in 2 s,
-up to 12 s where they take their default 30 s. Trying every `RECONNECT_MAX_SECONDS` at most
-costs one connection attempt a second or so per worker, and a worker keeps trying for as long
-as the broker is away (`broker_connection_max_retries` is unset in `celeryconfig`): its work
-is safe in the store meanwhile.
+went on waiting past the failover for as long as the schedule's next step, up to 30 s (4 s in
+`test_broker_primary_lost_under_sentinel`, whose sentinels promote in about 2 s). Trying
+every `RECONNECT_MAX_SECONDS` at most costs one connection attempt that often per worker, and
+a worker keeps trying for as long as the broker is away (`broker_connection_max_retries` is
+unset in `celeryconfig`): its work is safe in the store meanwhile.
 """
 
 from __future__ import annotations

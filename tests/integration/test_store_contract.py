@@ -8,7 +8,7 @@ import threading
 import time
 
 from ops.fairshare import DispatchOrder
-from ops.store import ClaimOutcome, Store, Window, open_store
+from ops.store import ClaimOutcome, Claims, Store, Window, open_store
 from ops.store.features import Feature
 from schemas.batch import BatchError, BatchErrors, FileObject, Job, JobStatus
 from schemas.microbatch import Item, MicroBatch, MicroBatchState
@@ -277,16 +277,16 @@ def test_a_claims_wait_for_the_dispatch_lock_is_not_counted_as_its_hold(postgres
         token = st.add_token(time.time())
         with st.tx() as cur:  # the lock, held for a second by this transaction
             cur.execute("UPDATE dispatch SET value = value + 1 WHERE name = 'turns'")
-            got: list[object] = []
+            got: list[Claims] = []
             claim = threading.Thread(target=lambda: got.append(
                 st.claim_next(token, "w", 60, 3, SHARE, WINDOW)), name="test-claim")
             claim.start()
             time.sleep(1.0)
         claim.join(30)
         (claims,) = got
-        assert claims.outcome == ClaimOutcome.RUN  # type: ignore[attr-defined]
-        assert claims.lock_wait_seconds > 0.8, claims  # type: ignore[attr-defined]
-        assert claims.locked_seconds < 0.5, claims  # type: ignore[attr-defined]
+        assert claims.outcome == ClaimOutcome.RUN
+        assert claims.lock_wait_seconds > 0.8, claims
+        assert claims.locked_seconds < 0.5, claims
     finally:
         st.close()
 
