@@ -44,6 +44,7 @@ from kombu import Connection
 from rich.console import Console
 from rich.table import Table
 
+from bench.proc import named_cpu_seconds
 from bench.report import report
 from ops.fairshare import DispatchOrder
 from ops.store import Window, open_store
@@ -137,27 +138,6 @@ def generator(n: int, pg: str, url: str, seconds: float, store_too: bool, claim_
     out.put((done, messages, lat))
 
 
-def cpu_seconds(name: str) -> float:
-    """CPU seconds (user + system) of every process here named `name`, with those of its
-    children that have exited (a PostgreSQL backend ends with its connection; the postmaster
-    that reaps it then holds its time)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if stat[stat.index("(") + 1:stat.rindex(")")] == name:
-            stats[pid] = stat[stat.rindex(")") + 2:].split()
-    total = 0
-    for fields in stats.values():
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-        if fields[1] not in stats:  # a parent of the others: its reaped children's time too
-            total += int(fields[13]) + int(fields[14])
-    return total / tick
-
-
 def seed(store, template: str, copies: int) -> str:  # type: ignore[no-untyped-def]
     """A job of `copies` × the template job's micro-batches, queued, copied inside PostgreSQL."""
     job = Job(id=f"batch_{uuid.uuid4().hex}", status=JobStatus.VALIDATING, tenant="capacity",
@@ -194,11 +174,11 @@ def level(n: int, seconds: float, pg: str, url: str, store_too: bool,
         p.start()
     ready.wait()
     start = time.time()
-    cpu_before = {"pg": cpu_seconds("postgres"), "redis": cpu_seconds("redis-server")}
+    cpu_before = {"pg": named_cpu_seconds("postgres"), "redis": named_cpu_seconds("redis-server")}
     results = [out.get(timeout=seconds + 120) for _ in procs]
     elapsed = time.time() - start
-    cpu = {"pg": cpu_seconds("postgres") - cpu_before["pg"],
-           "redis": cpu_seconds("redis-server") - cpu_before["redis"]}
+    cpu = {"pg": named_cpu_seconds("postgres") - cpu_before["pg"],
+           "redis": named_cpu_seconds("redis-server") - cpu_before["redis"]}
     for p in procs:
         p.join(30)
     lat: dict[str, list[float]] = {}

@@ -47,6 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.online import deployment, load, start_gateway
+from bench.proc import cpu_seconds
 from ops import apikeys
 from ops.settings import Settings
 from producers.client import Client
@@ -247,13 +248,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process so far (all its threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def level(url: str, key: str, texts: list[str], rate: float, seconds: float, deadline: float,
